@@ -1,0 +1,72 @@
+# minillm — every command a learner, a teacher or CI needs. Each target sets itself up.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+PYTEST  := $(BIN)/python -m pytest
+
+.PHONY: help setup lab serve test test-unit test-kernels test-kernels-compile test-labs \
+        test-notebooks docs docs-serve notebooks grade bench clean
+
+help:
+	@echo "make lab        set up .venv and open the course in JupyterLab"
+	@echo "make serve      set up .venv and start the OpenAI-compatible server on :8000"
+	@echo "make test       set up .venv and run everything CI runs (CPU only)"
+	@echo "make grade LAB=lab01 [TASK=1.2]   grade your lab work"
+	@echo "make docs       build the docs site into site/"
+
+# CPU torch is pinned: an unpinned torch would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test,lab,docs]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=chapters
+
+serve: $(STAMP)
+	$(BIN)/minillm serve
+
+test: $(STAMP) test-unit test-kernels test-kernels-compile test-labs test-notebooks docs
+	@echo "make test: all suites passed"
+
+test-unit: $(STAMP)
+	$(PYTEST) tests -m "not kernels and not compile and not browser" -q
+
+# The Triton interpreter runs the kernels on the CPU; it must be on before triton is imported.
+test-kernels: $(STAMP)
+	TRITON_INTERPRET=1 $(PYTEST) tests -m kernels -q
+
+# Real compilation for H100/A100 with Triton's bundled ptxas: no GPU needed.
+test-kernels-compile: $(STAMP)
+	$(PYTEST) tests -m compile -q
+
+test-labs: $(STAMP)
+	$(PYTEST) labs --reference -q
+	$(BIN)/python tools/check_labs_fail.py
+
+test-notebooks: $(STAMP)
+	$(PYTEST) --nbval-lax chapters -q -p no:cacheprovider
+
+notebooks: $(STAMP)
+	$(BIN)/jupyter nbconvert --to notebook --execute --inplace chapters/*.ipynb
+
+grade: $(STAMP)
+	$(PYTEST) labs/$(LAB) $(if $(TASK),-m task$(subst .,_,$(TASK))) -v
+
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
+	$(PYTEST) tests -m browser -q
+
+docs-serve: $(STAMP)
+	$(BIN)/mkdocs serve
+
+bench: $(STAMP)
+	$(BIN)/minillm bench throughput
+
+clean:
+	rm -rf $(VENV) site .pytest_cache
