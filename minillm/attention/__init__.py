@@ -1,0 +1,8 @@
+"""Attention backends: how a layer's queries meet the paged KV cache.
+
+A backend stores the new tokens' keys and values into the paged cache and computes attention
+through the block tables. `get_backend("auto")` picks Triton on CUDA devices, torch elsewhere.
+"""
+from minillm.attention.base import AttentionBackend, AttentionMetadata, get_backend
+
+__all__ = ["AttentionBackend", "AttentionMetadata", "get_backend"]

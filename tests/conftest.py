@@ -1,0 +1,24 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from checkpoints import CONFIGS, make_checkpoint  # noqa: E402
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "kernels: Triton kernels under TRITON_INTERPRET=1")
+    config.addinivalue_line("markers", "compile: Triton kernels compiled for real GPUs")
+    config.addinivalue_line("markers", "browser: the built docs site in headless Chromium")
+
+
+@pytest.fixture(scope="session", params=sorted(CONFIGS))
+def checkpoint(request, tmp_path_factory) -> Path:
+    """Each architecture/config as a random-weight HF checkpoint folder (built once per run)."""
+    return make_checkpoint(tmp_path_factory.mktemp(request.param), request.param)
+
+
+@pytest.fixture(scope="session")
+def llama_checkpoint(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("llama"), "llama-gqa-llama3")

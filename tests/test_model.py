@@ -1,0 +1,124 @@
+"""minillm's model against `transformers` on random-weight checkpoints of every architecture."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, GenerationConfig
+
+from minillm.model import CheckpointError, load_model, load_tokenizer
+from minillm.naive import ContiguousKVCache, generate_ids
+
+
+def random_prompt(n: int, seed: int, vocab: int) -> list[int]:
+    return torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def hf_model(path):
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+@torch.inference_mode()
+def test_logits_match_transformers(checkpoint):
+    model, reference = load_model(checkpoint, dtype="float32"), hf_model(checkpoint)
+    for seed, n in enumerate((1, 7, 40, 200)):
+        ids = random_prompt(n, seed, model.config.vocab_size)
+        expected = reference(torch.tensor([ids])).logits[0]
+        hidden = model(torch.tensor(ids), torch.arange(n), ContiguousKVCache(model, n))
+        torch.testing.assert_close(model.compute_logits(hidden), expected, atol=1e-4, rtol=0)
+
+
+@torch.inference_mode()
+def test_greedy_generation_matches_transformers(checkpoint):
+    model, reference = load_model(checkpoint, dtype="float32"), hf_model(checkpoint)
+    no_eos = GenerationConfig(do_sample=False, max_new_tokens=40, eos_token_id=None,
+                              pad_token_id=0)
+    for seed, n in enumerate((3, 25)):
+        ids = random_prompt(n, 100 + seed, model.config.vocab_size)
+        expected = reference.generate(torch.tensor([ids]), generation_config=no_eos)[0, n:]
+        assert generate_ids(model, ids, 40) == expected.tolist()
+
+
+def test_half_precision_dtypes_load_and_run(llama_checkpoint):
+    for dtype in ("float16", "bfloat16"):
+        model = load_model(llama_checkpoint, dtype=dtype)
+        assert model.lm_head.weight.dtype == getattr(torch, dtype)
+        reference = load_model(llama_checkpoint, dtype="float32")
+        ids = random_prompt(12, 7, model.config.vocab_size)
+        with torch.inference_mode():
+            got = model.compute_logits(model(torch.tensor(ids), torch.arange(12),
+                                             ContiguousKVCache(model, 12)))
+            want = reference.compute_logits(reference(torch.tensor(ids), torch.arange(12),
+                                                      ContiguousKVCache(reference, 12)))
+        torch.testing.assert_close(got, want, atol=0.05, rtol=0.05)
+
+
+def test_sampling_is_reproducible_with_a_seed(llama_checkpoint):
+    model = load_model(llama_checkpoint)
+    ids = random_prompt(5, 3, model.config.vocab_size)
+    first = generate_ids(model, ids, 20, temperature=1.0, seed=11)
+    assert first == generate_ids(model, ids, 20, temperature=1.0, seed=11)
+    assert first != generate_ids(model, ids, 20, temperature=1.0, seed=12)
+
+
+def test_tokenizer_and_chat_template(llama_checkpoint):
+    tok = load_tokenizer(llama_checkpoint)
+    assert tok.decode(tok.encode("the lazy dog")) == "the lazy dog"
+    chat = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                   add_generation_prompt=True)
+    assert chat.endswith("assistant:") and "user: hi" in chat
+
+
+# --- broken checkpoints: one clear error each ---------------------------------------------------
+
+def copy_checkpoint(src, dst):
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def test_missing_folder_is_named(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "nowhere")
+
+
+def test_unknown_architecture(llama_checkpoint, tmp_path):
+    folder = copy_checkpoint(llama_checkpoint, tmp_path)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["architectures"], cfg["model_type"] = ["GPT2LMHeadModel"], "gpt2"
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="unsupported architecture 'GPT2LMHeadModel'"):
+        load_model(folder)
+
+
+def test_missing_weights_file(llama_checkpoint, tmp_path):
+    folder = copy_checkpoint(llama_checkpoint, tmp_path)
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="no \\*.safetensors"):
+        load_model(folder)
+
+
+def test_missing_tensor_is_named(llama_checkpoint, tmp_path):
+    folder = copy_checkpoint(llama_checkpoint, tmp_path)
+    weights = load_file(folder / "model.safetensors")
+    del weights["model.layers.1.mlp.up_proj.weight"]
+    save_file(weights, folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match="model.layers.1.mlp.up_proj.weight"):
+        load_model(folder)
+
+
+def test_wrong_shape_is_named(llama_checkpoint, tmp_path):
+    folder = copy_checkpoint(llama_checkpoint, tmp_path)
+    weights = load_file(folder / "model.safetensors")
+    weights["model.norm.weight"] = torch.ones(3)
+    save_file(weights, folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match="model.norm.weight has shape \\(3,\\)"):
+        load_model(folder)
+
+
+def test_missing_tokenizer(llama_checkpoint, tmp_path):
+    folder = copy_checkpoint(llama_checkpoint, tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).unlink()
+    with pytest.raises(CheckpointError, match="no tokenizer"):
+        load_tokenizer(folder)
