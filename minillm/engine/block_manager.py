@@ -1,0 +1,200 @@
+"""The paged KV-cache allocator: the heart of PagedAttention.
+
+The cache is cut into fixed-size blocks. A sequence owns a *block table* (logical block i →
+physical block id) and grows one block at a time, so at most one partly filled block per
+sequence is ever wasted. On top of that:
+
+* reference counts let sequences share blocks: a prompt prefix (prefix caching) or the prompt of
+  `n` parallel samples (copy-on-write before a shared block is written);
+* prefix caching keys each full block by a hash chained over its parent's key and its tokens;
+  freed blocks keep their contents and key until they are reused, least recently freed first;
+* swapping moves a preempted sequence's blocks to a CPU pool and back.
+
+Copies and swaps are only *recorded* here (as pairs of block ids); the model runner moves the
+data before the next forward pass.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from minillm.engine.sequence import Sequence
+
+
+@dataclass
+class Block:
+    block_id: int
+    ref_count: int = 0
+    hash: int | None = None  # prefix-cache key, once the block is full and computed
+    token_ids: list[int] = field(default_factory=list)  # to verify a hash hit
+
+
+def blocks_for(num_tokens: int, block_size: int) -> int:
+    return -(-num_tokens // block_size)
+
+
+def chain_hash(parent: int | None, tokens: list[int]) -> int:
+    """A block's key depends on every token before it, through its parent's key."""
+    return hash((parent, tuple(tokens)))
+
+
+class BlockManager:
+    def __init__(self, num_blocks: int, block_size: int = 16, enable_prefix_caching: bool = True,
+                 num_cpu_blocks: int = 0):
+        self.block_size, self.enable_prefix_caching = block_size, enable_prefix_caching
+        self.blocks = [Block(i) for i in range(num_blocks)]
+        self.free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))  # LRU first
+        self.cached: dict[int, int] = {}  # hash -> block id
+        self.free_cpu_blocks = list(range(num_cpu_blocks))
+        self.pending_copies: list[tuple[int, int]] = []  # copy-on-write (src, dst)
+        self.pending_swap_out: list[tuple[int, int]] = []  # (device block, cpu block)
+        self.pending_swap_in: list[tuple[int, int]] = []  # (cpu block, device block)
+        self.prefix_queries = self.prefix_hits = 0  # in tokens, for the statistics
+
+    # -- counting ------------------------------------------------------------------------------
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def num_free_blocks(self) -> int:
+        """Blocks no sequence holds (some may still hold reusable cached prefixes)."""
+        return len(self.free)
+
+    @property
+    def usage(self) -> float:
+        return 1 - self.num_free_blocks / self.num_blocks
+
+    # -- allocation ----------------------------------------------------------------------------
+    def _take_free_block(self) -> int:
+        block_id, _ = self.free.popitem(last=False)  # the least recently freed
+        block = self.blocks[block_id]
+        if block.hash is not None and self.cached.get(block.hash) == block_id:
+            del self.cached[block.hash]  # evict its cached prefix
+        block.hash, block.token_ids, block.ref_count = None, [], 1
+        return block_id
+
+    def _release(self, block_id: int) -> None:
+        block = self.blocks[block_id]
+        block.ref_count -= 1
+        if block.ref_count == 0:
+            self.free[block_id] = None
+
+    def can_allocate(self, seq: Sequence, num_new_tokens: int) -> bool:
+        needed = blocks_for(seq.num_computed_tokens + num_new_tokens, self.block_size)
+        return needed - len(seq.block_table) + self._needs_copy(seq) <= self.num_free_blocks
+
+    def allocate(self, seq: Sequence, num_new_tokens: int) -> bool:
+        """Grow `seq.block_table` to hold `num_computed_tokens + num_new_tokens` tokens.
+
+        Returns False, changing nothing, when there are not enough free blocks.
+        """
+        if not self.can_allocate(seq, num_new_tokens):
+            return False
+        if self._needs_copy(seq):
+            self._copy_on_write(seq)
+        needed = blocks_for(seq.num_computed_tokens + num_new_tokens, self.block_size)
+        while len(seq.block_table) < needed:
+            seq.block_table.append(self._take_free_block())
+        return True
+
+    def free(self, seq: Sequence) -> None:
+        """Give back a sequence's blocks. Tail blocks first, so shared prefixes are evicted last."""
+        for block_id in reversed(seq.block_table):
+            self._release(block_id)
+        seq.block_table = []
+
+    # -- copy-on-write -------------------------------------------------------------------------
+    def fork(self, parent: Sequence, child: Sequence) -> None:
+        """`child` shares all of `parent`'s blocks (parallel samples of one prompt)."""
+        for block_id in parent.block_table:
+            self.blocks[block_id].ref_count += 1
+        child.block_table = list(parent.block_table)
+        child.block_hashes = list(parent.block_hashes)
+        child.num_computed_tokens = parent.num_computed_tokens
+
+    def _needs_copy(self, seq: Sequence) -> bool:
+        """The next token goes into a partly filled block that another sequence also holds."""
+        partial = seq.num_computed_tokens % self.block_size != 0
+        last = seq.num_computed_tokens // self.block_size
+        return (partial and last < len(seq.block_table)
+                and self.blocks[seq.block_table[last]].ref_count > 1)
+
+    def _copy_on_write(self, seq: Sequence) -> None:
+        last = seq.num_computed_tokens // self.block_size
+        shared = seq.block_table[last]
+        seq.block_table[last] = self._take_free_block()
+        self._release(shared)
+        self.pending_copies.append((shared, seq.block_table[last]))
+
+    # -- prefix caching ------------------------------------------------------------------------
+    def reuse_cached_prefix(self, seq: Sequence) -> None:
+        """Before a sequence's first allocation: adopt the cached blocks of its longest cached
+        prefix. At least one token is always left to compute, to get the next token's logits."""
+        if not self.enable_prefix_caching or seq.block_table:
+            return
+        self.prefix_queries += seq.num_tokens
+        parent = None
+        for i in range((seq.num_tokens - 1) // self.block_size):
+            tokens = seq.block_tokens(i)
+            key = chain_hash(parent, tokens)
+            block_id = self.cached.get(key)
+            if block_id is None or self.blocks[block_id].token_ids != tokens:
+                break
+            self._adopt(block_id)
+            seq.block_table.append(block_id)
+            seq.block_hashes.append(key)
+            parent = key
+        seq.num_computed_tokens = len(seq.block_table) * self.block_size
+        self.prefix_hits += seq.num_computed_tokens
+
+    def _adopt(self, block_id: int) -> None:
+        block = self.blocks[block_id]
+        if block.ref_count == 0:
+            del self.free[block_id]
+        block.ref_count += 1
+
+    def cache_full_blocks(self, seq: Sequence) -> None:
+        """After a step: key the sequence's newly completed blocks so later requests find them."""
+        if not self.enable_prefix_caching:
+            return
+        for i in range(len(seq.block_hashes), seq.num_computed_tokens // self.block_size):
+            parent = seq.block_hashes[-1] if seq.block_hashes else None
+            tokens = seq.block_tokens(i)
+            key = chain_hash(parent, tokens)
+            seq.block_hashes.append(key)
+            block = self.blocks[seq.block_table[i]]
+            if key not in self.cached and block.hash is None:
+                block.hash, block.token_ids = key, tokens
+                self.cached[key] = block.block_id
+
+    # -- swapping ------------------------------------------------------------------------------
+    def can_swap_out(self, seq: Sequence) -> bool:
+        return len(seq.block_table) <= len(self.free_cpu_blocks)
+
+    def swap_out(self, seq: Sequence) -> None:
+        """Move the sequence's blocks to the CPU pool; its block table then names CPU blocks."""
+        cpu_table = [self.free_cpu_blocks.pop() for _ in seq.block_table]
+        self.pending_swap_out += zip(seq.block_table, cpu_table)
+        self.free(seq)
+        seq.block_table = cpu_table
+
+    def can_swap_in(self, seq: Sequence) -> bool:
+        return len(seq.block_table) <= self.num_free_blocks
+
+    def swap_in(self, seq: Sequence) -> None:
+        device_table = [self._take_free_block() for _ in seq.block_table]
+        self.pending_swap_in += zip(seq.block_table, device_table)
+        self.free_cpu_blocks += seq.block_table
+        seq.block_table = device_table
+
+    def free_swapped(self, seq: Sequence) -> None:
+        """Give back a swapped-out sequence's CPU blocks (it was aborted while swapped)."""
+        self.free_cpu_blocks += seq.block_table
+        seq.block_table = []
+
+    def take_pending_ops(self) -> tuple[list, list, list]:
+        """The data moves the runner must do before the next forward: swap out, swap in, copy."""
+        ops = self.pending_swap_out, self.pending_swap_in, self.pending_copies
+        self.pending_swap_out, self.pending_swap_in, self.pending_copies = [], [], []
+        return ops
