@@ -1,0 +1,94 @@
+"""How to pick the next token and when to stop: the per-request knobs, shaped like vLLM's.
+
+Every field keeps vLLM's name, default and meaning, so code written for `vllm.SamplingParams`
+runs unchanged. Bad values are refused here, when the request arrives, rather than deep inside
+the sampler, and the error names the field and the range it accepts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Below this temperature sampling is indistinguishable from argmax, and dividing logits by it
+# would overflow; vLLM uses the same threshold.
+GREEDY_EPS = 1e-5
+
+
+@dataclass
+class SamplingParams:
+    """Sampling and stopping settings of one request.
+
+    n: how many completions to generate for the prompt.
+    temperature: logits are divided by it; 0 (or below 1e-5) means greedy (argmax).
+    top_p: keep the smallest set of top tokens whose probabilities add up to at least top_p.
+    top_k: keep only the k most likely tokens; 0 or -1 disables it.
+    min_p: drop tokens whose probability is below min_p times the top token's.
+    presence_penalty: subtracted once from the logit of every token already in the output.
+    frequency_penalty: subtracted from a token's logit once per time it is in the output.
+    repetition_penalty: divides positive (multiplies negative) logits of tokens seen in the
+        prompt or the output; 1 disables it.
+    seed: makes the request's samples reproducible, whatever else is in the batch.
+    stop: strings that end the completion; the stop string itself is not returned.
+    stop_token_ids: token ids that end the completion (besides EOS).
+    ignore_eos: keep generating past EOS (for benchmarks).
+    max_tokens: most tokens to generate; None means up to the model's context length.
+    min_tokens: EOS and stop tokens are forbidden until this many tokens are generated.
+    logprobs: how many top log-probabilities to return per token, besides the chosen one's.
+    skip_special_tokens: leave special tokens out of the returned text.
+    """
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False
+    max_tokens: int | None = 16
+    min_tokens: int = 0
+    logprobs: int | None = None
+    skip_special_tokens: bool = True
+
+    def __post_init__(self):
+        # Normalise once so the engine only ever sees lists.
+        self.stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        self.stop_token_ids = list(self.stop_token_ids or [])
+        self._validate_sampling()
+        self._validate_lengths()
+
+    @property
+    def greedy(self) -> bool:
+        """True when the token is the argmax: temperature 0 (or close enough to it)."""
+        return self.temperature < GREEDY_EPS
+
+    def _validate_sampling(self):
+        _check(self.n >= 1, "n", self.n, "at least 1")
+        _check(self.temperature >= 0, "temperature", self.temperature, "at least 0")
+        _check(0 < self.top_p <= 1, "top_p", self.top_p, "in (0, 1]")
+        _check(self.top_k >= -1, "top_k", self.top_k, "-1 or 0 (disabled), or at least 1")
+        _check(0 <= self.min_p <= 1, "min_p", self.min_p, "in [0, 1]")
+        _check(-2 <= self.presence_penalty <= 2, "presence_penalty", self.presence_penalty,
+               "in [-2, 2]")
+        _check(-2 <= self.frequency_penalty <= 2, "frequency_penalty", self.frequency_penalty,
+               "in [-2, 2]")
+        _check(self.repetition_penalty > 0, "repetition_penalty", self.repetition_penalty,
+               "greater than 0")
+        _check(self.logprobs is None or self.logprobs >= 0, "logprobs", self.logprobs,
+               "None or at least 0")
+
+    def _validate_lengths(self):
+        _check(self.max_tokens is None or self.max_tokens >= 1, "max_tokens", self.max_tokens,
+               "None or at least 1")
+        _check(self.min_tokens >= 0, "min_tokens", self.min_tokens, "at least 0")
+        _check(self.max_tokens is None or self.min_tokens <= self.max_tokens, "min_tokens",
+               self.min_tokens, f"at most max_tokens ({self.max_tokens})")
+        _check(all(self.stop), "stop", self.stop, "non-empty strings")
+
+
+def _check(ok: bool, field: str, value, allowed: str):
+    if not ok:
+        raise ValueError(f"{field} must be {allowed}, got {value!r}")
