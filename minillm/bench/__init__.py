@@ -1,0 +1,1 @@
+"""Benchmarks: memory replay, offline throughput, online serving."""
