@@ -1,0 +1,117 @@
+"""Every kernel variant the Triton backend can launch, described for ahead-of-time compilation.
+
+A Triton kernel is compiled once per combination of argument types and `tl.constexpr` values.
+The backend's launches differ only in head dim and cache dtype (block size, head counts, lengths
+and strides are runtime integers), so this list is finite and small. The compile test and
+`tools/kernel_report.py` compile each entry for real GPU targets with Triton's bundled `ptxas`,
+which needs no GPU: that proves every launch the backend can make compiles, and shows its
+register, spill and shared-memory budget.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from minillm_kernels.common import dot_precision
+from minillm_kernels.paged_decode import (GROUP_ROWS, decode_config, merge_splits_kernel,
+                                          paged_decode_split_kernel)
+from minillm_kernels.paged_prefill import prefill_config, paged_prefill_kernel
+from minillm_kernels.store_kv import store_kv_kernel
+
+# What the backend accepts (it refuses anything else with a clear error).
+HEAD_DIMS = (16, 32, 64, 128, 256)
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+
+
+@dataclass
+class KernelVariant:
+    name: str                  # e.g. "decode_split d128 fp16"
+    kernel: object             # the @triton.jit function
+    signature: dict            # argument name -> Triton type ("*fp16", "i32", "constexpr", ...)
+    constexprs: dict
+    num_warps: int = 4
+
+
+def _signature(kernel, types: dict) -> dict:
+    """Types for every argument: the given ones, "i32" for the rest but constexprs."""
+    return {name: types.get(name, "i32") for name in kernel.arg_names}
+
+
+def kernel_variants(head_dims=HEAD_DIMS, dtypes=DTYPES) -> list[KernelVariant]:
+    """The variants for the given head dims x dtypes: store, decode split + merge, prefill."""
+    variants = []
+    for dtype in dtypes:
+        ptr = "*" + TRITON_DTYPE[dtype]
+        for head_dim in head_dims:
+            tag = f"d{head_dim} {TRITON_DTYPE[dtype]}"
+            variants.append(KernelVariant(
+                f"store_kv {tag}", store_kv_kernel,
+                _signature(store_kv_kernel, {
+                    "k_ptr": ptr, "v_ptr": ptr, "k_cache_ptr": ptr, "v_cache_ptr": ptr,
+                    "slot_mapping_ptr": "*i64", "HEAD_DIM": "constexpr"}),
+                {"HEAD_DIM": head_dim}))
+
+            tile_n, num_warps = decode_config(head_dim, dtype)
+            variants.append(KernelVariant(
+                f"decode_split {tag}", paged_decode_split_kernel,
+                _signature(paged_decode_split_kernel, {
+                    "q_ptr": ptr, "k_cache_ptr": ptr, "v_cache_ptr": ptr,
+                    "block_tables_ptr": "*i32", "seq_lens_ptr": "*i32",
+                    "part_out_ptr": "*fp32", "part_lse_ptr": "*fp32", "scale_log2e": "fp32",
+                    "HEAD_DIM": "constexpr", "GROUP_ROWS": "constexpr", "TILE_N": "constexpr",
+                    "DOT_PRECISION": "constexpr"}),
+                {"HEAD_DIM": head_dim, "GROUP_ROWS": GROUP_ROWS, "TILE_N": tile_n,
+                 "DOT_PRECISION": dot_precision(dtype)},
+                num_warps=num_warps))
+
+            variants.append(KernelVariant(
+                f"decode_merge {tag}", merge_splits_kernel,
+                _signature(merge_splits_kernel, {
+                    "out_ptr": ptr, "part_out_ptr": "*fp32", "part_lse_ptr": "*fp32",
+                    "seq_lens_ptr": "*i32", "HEAD_DIM": "constexpr"}),
+                {"HEAD_DIM": head_dim}))
+
+            block_m, block_n, num_warps = prefill_config(head_dim, dtype)
+            variants.append(KernelVariant(
+                f"prefill {tag}", paged_prefill_kernel,
+                _signature(paged_prefill_kernel, {
+                    "q_ptr": ptr, "k_cache_ptr": ptr, "v_cache_ptr": ptr, "out_ptr": ptr,
+                    "query_start_loc_ptr": "*i32", "seq_lens_ptr": "*i32",
+                    "block_tables_ptr": "*i32", "scale_log2e": "fp32",
+                    "HEAD_DIM": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
+                    "DOT_PRECISION": "constexpr"}),
+                {"HEAD_DIM": head_dim, "BLOCK_M": block_m, "BLOCK_N": block_n,
+                 "DOT_PRECISION": dot_precision(dtype)},
+                num_warps=num_warps))
+    return variants
+
+
+def divisibility_attrs(variant: KernelVariant) -> dict:
+    """The alignment facts a launch gives the JIT, spelled out for ahead-of-time compilation.
+
+    At launch, Triton marks every pointer that is 16-byte aligned and every integer divisible by
+    16 (`tt.divisibility`), and compiles a binary for that pattern; it lets the compiler emit
+    wide vector loads. The launchers guarantee the pattern for data pointers and strides
+    (`common.aligned`); arguments listed in the kernel's `do_not_specialize` are never marked.
+    """
+    attrs = {}
+    for index, param in enumerate(variant.kernel.params):
+        arg_type = variant.signature[param.name]
+        integer_or_pointer = arg_type.startswith(("*", "i"))
+        if integer_or_pointer and not param.do_not_specialize:
+            attrs[(index,)] = [["tt.divisibility", 16]]
+    return attrs
+
+
+def compile_variant(variant: KernelVariant, capability: int):
+    """Compile one variant for an NVIDIA GPU of the given compute capability (e.g. 90 = H100)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    source = triton.compiler.ASTSource(fn=variant.kernel, signature=variant.signature,
+                                       constexprs=variant.constexprs,
+                                       attrs=divisibility_attrs(variant))
+    return triton.compile(source, target=GPUTarget("cuda", capability, 32),
+                          options={"num_warps": variant.num_warps})
