@@ -187,8 +187,6 @@ def replay(trace: list[TraceRequest], capacity: int, allocator: str = "paged",
         from minillm.engine.block_manager import BlockManager
         from minillm.engine.sequence import Sequence
 
-        # (BlockManager.free is called through the class: an instance attribute named `free`
-        # shadows the method in the current engine code.)
         manager = BlockManager(capacity // block_size, block_size, enable_prefix_caching=False)
         watermark_blocks = int(watermark * manager.num_blocks)
     else:
@@ -222,7 +220,7 @@ def replay(trace: list[TraceRequest], capacity: int, allocator: str = "paged",
             live.new = 1 if live.cached else live.context
             if paged and not manager.allocate(live.seq, live.new):
                 victim = running.pop()  # the youngest: preempt it (recompute later)
-                BlockManager.free(manager, victim.seq)
+                manager.free(victim.seq)
                 victim.seq.reset_for_recompute()
                 victim.cached = 0
                 waiting.appendleft(victim)
@@ -270,7 +268,7 @@ def replay(trace: list[TraceRequest], capacity: int, allocator: str = "paged",
                 arena.regions[live.req.request_id].used = live.cached
             if live.generated >= live.req.output_len:
                 if paged:
-                    BlockManager.free(manager, live.seq)
+                    manager.free(live.seq)
                 else:
                     arena.free(live.req.request_id)
                 result.finished += 1
