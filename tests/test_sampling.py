@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 import torch
 
-from minillm.sampling import (apply_min_p, apply_penalties, apply_top_k_top_p, sample)
+from minillm.sampling import apply_min_p, apply_penalties, apply_top_k_top_p, sample
 from minillm.sampling_params import SamplingParams
 
 PROBS = [0.5, 0.2, 0.15, 0.1, 0.05]
@@ -123,7 +123,10 @@ def reference_penalties(logits, prompt, output, repetition, frequency, presence)
     """OpenAI's and vLLM's definitions, one token at a time."""
     logits = list(logits)
     for token in set(prompt) | set(output):
-        logits[token] = logits[token] / repetition if logits[token] > 0 else logits[token] * repetition
+        if logits[token] > 0:
+            logits[token] /= repetition
+        else:
+            logits[token] *= repetition
     for token, count in Counter(output).items():
         logits[token] -= frequency * count + presence
     return logits
