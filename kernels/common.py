@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import torch
 
+# What the kernels are built and compile-checked for (the backend refuses anything else).
+HEAD_DIMS = (16, 32, 64, 128, 256)
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
 
 def dot_precision(dtype: torch.dtype) -> str:
     """`tl.dot` input precision: float32 caches stay IEEE float32 (a GPU would otherwise round

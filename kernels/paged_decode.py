@@ -225,12 +225,12 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0),
         HEAD_DIM=head_dim, GROUP_ROWS=GROUP_ROWS, TILE_N=tile_n,
-        DOT_PRECISION=dot_precision(q.dtype), num_warps=num_warps,
+        DOT_PRECISION=dot_precision(q.dtype), num_warps=num_warps, enable_fp_fusion=True,
     )
     merge_splits_kernel[(num_seqs, num_heads)](
         out, part_out, part_lse, seq_lens,
         num_heads, num_splits, partition_size,
         out.stride(0), out.stride(1),
-        HEAD_DIM=head_dim,
+        HEAD_DIM=head_dim, enable_fp_fusion=True,
     )
     return out

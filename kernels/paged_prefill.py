@@ -157,6 +157,6 @@ def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0),
         HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n,
-        DOT_PRECISION=dot_precision(q.dtype), num_warps=num_warps,
+        DOT_PRECISION=dot_precision(q.dtype), num_warps=num_warps, enable_fp_fusion=True,
     )
     return out

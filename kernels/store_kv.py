@@ -67,10 +67,12 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
     assert k_cache.stride() == v_cache.stride(), "the K and V caches must share strides"
     assert k.dtype == v.dtype == k_cache.dtype == v_cache.dtype, "k/v and caches must share a dtype"
     assert slot_mapping.dtype == torch.int64 and slot_mapping.numel() == num_tokens
+    # enable_fp_fusion (a*b+c as one FMA) is Triton's default, spelled out in every launch
+    # because Triton 3.9 warns when it is left implicit.
     store_kv_kernel[(num_tokens, num_kv_heads)](
         k, v, k_cache, v_cache, slot_mapping,
         k_cache.shape[1],
         k.stride(0), k.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        HEAD_DIM=head_dim,
+        HEAD_DIM=head_dim, enable_fp_fusion=True,
     )

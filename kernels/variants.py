@@ -9,19 +9,22 @@ register, spill and shared-memory budget.
 """
 from __future__ import annotations
 
+import re
+import subprocess
+import tempfile
 from dataclasses import dataclass
 
 import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
 
-from minillm_kernels.common import dot_precision
+from minillm_kernels.common import DTYPES, HEAD_DIMS, dot_precision
 from minillm_kernels.paged_decode import (GROUP_ROWS, decode_config, merge_splits_kernel,
                                           paged_decode_split_kernel)
 from minillm_kernels.paged_prefill import prefill_config, paged_prefill_kernel
 from minillm_kernels.store_kv import store_kv_kernel
 
-# What the backend accepts (it refuses anything else with a clear error).
-HEAD_DIMS = (16, 32, 64, 128, 256)
-DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
 
@@ -107,11 +110,33 @@ def divisibility_attrs(variant: KernelVariant) -> dict:
 
 def compile_variant(variant: KernelVariant, capability: int):
     """Compile one variant for an NVIDIA GPU of the given compute capability (e.g. 90 = H100)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-
     source = triton.compiler.ASTSource(fn=variant.kernel, signature=variant.signature,
                                        constexprs=variant.constexprs,
                                        attrs=divisibility_attrs(variant))
     return triton.compile(source, target=GPUTarget("cuda", capability, 32),
-                          options={"num_warps": variant.num_warps})
+                          options={"num_warps": variant.num_warps, "enable_fp_fusion": True})
+
+
+def resource_usage(compiled, capability: int) -> dict:
+    """Registers per thread, spill bytes and shared memory of a compiled variant.
+
+    A GPU would report registers and spills when it loads the binary; without one, ask `ptxas`
+    itself: Triton's bundled copy re-assembles the kernel's PTX with `-v` (verbose), which
+    prints "Used N registers, X bytes spill stores, Y bytes spill loads".
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        ptx = f"{folder}/kernel.ptx"
+        with open(ptx, "w") as f:
+            f.write(compiled.asm["ptx"])
+        log = subprocess.run(
+            [get_ptxas(capability).path, "-v", "--regAllocOptLevel=2",
+             f"--gpu-name={sm_arch_from_capability(capability)}", ptx, "-o", f"{folder}/k.cubin"],
+            capture_output=True, text=True, check=True).stderr
+
+    def number(pattern: str) -> int:
+        return int(re.search(pattern, log).group(1))
+
+    return {"registers": number(r"Used (\d+) registers"),
+            "spill_stores": number(r"(\d+) bytes spill stores"),
+            "spill_loads": number(r"(\d+) bytes spill loads"),
+            "shared": compiled.metadata.shared}

@@ -20,7 +20,7 @@ from minillm.attention.base import AttentionBackend, AttentionMetadata
 from minillm_kernels import (choose_num_splits, paged_decode_attention, paged_prefill_attention,
                              store_kv)
 from minillm_kernels.store_kv import store_kv_kernel
-from minillm_kernels.variants import DTYPES, HEAD_DIMS
+from minillm_kernels.common import DTYPES, HEAD_DIMS
 
 # An H100's SM count: what the split heuristic assumes when there is no GPU to ask (interpreter
 # runs then take the same decisions a real H100 would).
