@@ -43,7 +43,7 @@ class BlockManager:
                  num_cpu_blocks: int = 0):
         self.block_size, self.enable_prefix_caching = block_size, enable_prefix_caching
         self.blocks = [Block(i) for i in range(num_blocks)]
-        self.free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))  # LRU first
+        self.free_block_ids: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))  # LRU first
         self.cached: dict[int, int] = {}  # hash -> block id
         self.free_cpu_blocks = list(range(num_cpu_blocks))
         self.pending_copies: list[tuple[int, int]] = []  # copy-on-write (src, dst)
@@ -59,7 +59,7 @@ class BlockManager:
     @property
     def num_free_blocks(self) -> int:
         """Blocks no sequence holds (some may still hold reusable cached prefixes)."""
-        return len(self.free)
+        return len(self.free_block_ids)
 
     @property
     def usage(self) -> float:
@@ -67,7 +67,7 @@ class BlockManager:
 
     # -- allocation ----------------------------------------------------------------------------
     def _take_free_block(self) -> int:
-        block_id, _ = self.free.popitem(last=False)  # the least recently freed
+        block_id, _ = self.free_block_ids.popitem(last=False)  # the least recently freed
         block = self.blocks[block_id]
         if block.hash is not None and self.cached.get(block.hash) == block_id:
             del self.cached[block.hash]  # evict its cached prefix
@@ -78,7 +78,7 @@ class BlockManager:
         block = self.blocks[block_id]
         block.ref_count -= 1
         if block.ref_count == 0:
-            self.free[block_id] = None
+            self.free_block_ids[block_id] = None
 
     def can_allocate(self, seq: Sequence, num_new_tokens: int) -> bool:
         needed = blocks_for(seq.num_computed_tokens + num_new_tokens, self.block_size)
@@ -145,13 +145,13 @@ class BlockManager:
             seq.block_table.append(block_id)
             seq.block_hashes.append(key)
             parent = key
-        seq.num_computed_tokens = len(seq.block_table) * self.block_size
-        self.prefix_hits += seq.num_computed_tokens
+        seq.num_computed_tokens = seq.num_cached_tokens = len(seq.block_table) * self.block_size
+        self.prefix_hits += seq.num_cached_tokens
 
     def _adopt(self, block_id: int) -> None:
         block = self.blocks[block_id]
         if block.ref_count == 0:
-            del self.free[block_id]
+            del self.free_block_ids[block_id]
         block.ref_count += 1
 
     def cache_full_blocks(self, seq: Sequence) -> None:

@@ -31,6 +31,7 @@ class Sequence:
         self.num_prompt_tokens = len(token_ids)
         self.block_size = block_size
         self.num_computed_tokens = 0  # tokens whose K/V are in the cache
+        self.num_cached_tokens = 0  # of those, found in the prefix cache at admission
         self.block_table: list[int] = []  # logical block i lives in physical block block_table[i]
         self.block_hashes: list[int] = []  # prefix-cache keys of the full blocks hashed so far
         self.status = SequenceStatus.WAITING

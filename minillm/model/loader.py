@@ -90,7 +90,7 @@ def load_model(path: str | Path, dtype: str | torch.dtype = "auto",
     if cfg.tie_word_embeddings:  # assign=True replaced the shared tensor: tie it again
         model.lm_head.weight = model.model.embed_tokens.weight
     model.model.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.rope)  # buffers are not saved
-    return model.to(device).eval()
+    return model.to(device).eval().requires_grad_(False)
 
 
 def load_tokenizer(path: str | Path):

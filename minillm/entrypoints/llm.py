@@ -1,0 +1,89 @@
+"""`LLM`: the offline API, shaped like vLLM's, so code written for one runs on the other."""
+from __future__ import annotations
+
+import itertools
+
+from tqdm.auto import tqdm
+
+from minillm.config import EngineConfig, SchedulerConfig
+from minillm.engine.llm_engine import LLMEngine
+from minillm.outputs import RequestOutput
+from minillm.sampling_params import SamplingParams
+
+
+class LLM:
+    """Load a model once, then generate for many prompts with continuous batching.
+
+    >>> llm = LLM()                      # the bundled minillm-tiny model
+    >>> llm.generate("Once upon a time", SamplingParams(temperature=0, max_tokens=20))
+    """
+
+    def __init__(self, model: str | None = None, *, dtype: str = "auto", device: str = "auto",
+                 max_model_len: int | None = None, block_size: int = 16,
+                 max_num_seqs: int = 256, max_num_batched_tokens: int = 2048,
+                 enable_prefix_caching: bool = True, attention_backend: str = "auto",
+                 scheduling_policy: str = "fcfs", preemption_mode: str = "recompute",
+                 gpu_memory_utilization: float = 0.9, kv_cache_memory_bytes: int | None = None,
+                 num_gpu_blocks_override: int | None = None, swap_space: float = 1.0,
+                 seed: int = 0):
+        scheduler = SchedulerConfig(max_num_seqs, max_num_batched_tokens, scheduling_policy,
+                                    preemption_mode)
+        self.engine = LLMEngine(EngineConfig(
+            model, dtype, device, max_model_len, block_size, enable_prefix_caching,
+            attention_backend, gpu_memory_utilization, kv_cache_memory_bytes,
+            num_gpu_blocks_override, swap_space, seed, scheduler))
+        self._ids = itertools.count()
+
+    def get_tokenizer(self):
+        return self.engine.tokenizer
+
+    def generate(self, prompts, sampling_params: SamplingParams | list | None = None,
+                 use_tqdm: bool = True, priority: list[int] | None = None) -> list[RequestOutput]:
+        """Complete each prompt (a string or `{"prompt_token_ids": [...]}`); outputs keep the
+        prompts' order."""
+        prompts = [prompts] if isinstance(prompts, (str, dict)) else list(prompts)
+        params = (sampling_params if isinstance(sampling_params, list)
+                  else [sampling_params or SamplingParams()] * len(prompts))
+        if len(params) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(params)} sampling params")
+        ids = self._add_all(prompts, params, priority or [0] * len(prompts))
+        return self._run(ids, use_tqdm)
+
+    def chat(self, messages: list[dict] | list[list[dict]],
+             sampling_params: SamplingParams | list | None = None, use_tqdm: bool = True,
+             add_generation_prompt: bool = True) -> list[RequestOutput]:
+        """Apply the model's chat template to one conversation (or a list of them), then
+        generate."""
+        conversations = [messages] if isinstance(messages[0], dict) else messages
+        tokenizer = self.get_tokenizer()
+        prompts = []
+        for conversation in conversations:
+            text = tokenizer.apply_chat_template(conversation, tokenize=False,
+                                                 add_generation_prompt=add_generation_prompt)
+            prompts.append({"prompt": text,
+                            "prompt_token_ids": tokenizer.encode(text, add_special_tokens=False)})
+        return self.generate(prompts, sampling_params, use_tqdm)
+
+    def _add_all(self, prompts, params, priority) -> list[str]:
+        """Add every request, or none: a bad one aborts those already added and raises."""
+        added = []
+        try:
+            for prompt, p, prio in zip(prompts, params, priority):
+                request_id = str(next(self._ids))
+                self.engine.add_request(request_id, prompt, p, prio)
+                added.append(request_id)
+        except ValueError:
+            for request_id in added:
+                self.engine.abort_request(request_id)
+            raise
+        return added
+
+    def _run(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
+        finished: dict[str, RequestOutput] = {}
+        with tqdm(total=len(request_ids), desc="Generating", disable=not use_tqdm) as bar:
+            while self.engine.has_unfinished_requests():
+                for output in self.engine.step():
+                    if output.finished:
+                        finished[output.request_id] = output
+                        bar.update(1)
+        return [finished[request_id] for request_id in request_ids]
