@@ -58,6 +58,7 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], prompt_ids: list[
     chosen = raw_logprobs.gather(1, torch.tensor(token_ids, device=logits.device)[:, None])
     return SamplerOutput(token_ids, chosen.squeeze(1).tolist(), top_logprobs(raw_logprobs, params))
 
+
 def apply_min_tokens(logits: torch.Tensor, params: list[SamplingParams],
                      output_ids: list[list[int]], eos_token_ids: list[int]) -> torch.Tensor:
     """Forbid EOS and each row's stop tokens while the row has fewer than `min_tokens` outputs.
@@ -138,7 +139,8 @@ def apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
     return logits.masked_fill(probs < threshold, float("-inf"))
 
 
-def top_logprobs(logprobs: torch.Tensor, params: list[SamplingParams]) -> list[dict | None]:
+def top_logprobs(logprobs: torch.Tensor,
+                 params: list[SamplingParams]) -> list[dict[int, float] | None]:
     """Each row's `params.logprobs` most likely tokens and their logprobs, best first."""
     k = max((p.logprobs or 0 for p in params), default=0)
     values, ids = logprobs.topk(min(k, logprobs.shape[1]), dim=-1)  # one topk for all rows

@@ -70,6 +70,22 @@ def test_draws_follow_the_filtered_distribution(field, value, support):
     assert chi_square(counts, expected, num) < 20.5  # p = 0.001 at 4 degrees of freedom
 
 
+def test_top_p_reached_exactly_keeps_just_those_tokens():
+    # Probabilities in hundredths, top_p the sum of the k most likely: float32 rounding must
+    # neither let token k+1 in nor drop a token of a distribution's tail when top_p is 1.
+    rng = random.Random()
+    for _ in range(300):
+        cuts = sorted(rng.sample(range(1, 100), rng.randrange(2, 6)))
+        probs = sorted((b - a) / 100 for a, b in zip([0, *cuts], [*cuts, 100]))[::-1]
+        k = rng.randrange(1, len(probs))
+        top_p = round(sum(probs[:k]), 2)
+        logits = apply_top_k_top_p(torch.log(torch.tensor([probs])), torch.tensor([0]),
+                                   torch.tensor([top_p]))
+        assert int(logits.isfinite().sum()) == k, (probs, top_p)
+    tail = apply_top_k_top_p(torch.tensor([[20.0, 0.0]]), torch.tensor([0]), torch.tensor([1.0]))
+    assert tail.isfinite().all()  # a 2e-9 token stays when top_p is 1
+
+
 def test_filters_compose_top_k_then_top_p_then_min_p():
     # top_k=3 renormalises to [0.588, 0.235, 0.176]: top_p=0.8 then needs tokens 0 and 1.
     assert draw_many(KNOWN, 2000, top_k=3, top_p=0.8).keys() == {0, 1}
