@@ -39,6 +39,8 @@ GROUP_ROWS = 16
 # Shortest partition worth a program of its own: below this the merge costs more than it saves.
 MIN_PARTITION_TOKENS = 256
 MAX_SPLITS = 32
+# Programs per SM the split heuristic aims for (see choose_num_splits).
+PROGRAMS_PER_SM = 4
 
 
 # Arguments whose value or alignment varies from launch to launch are not specialised on, so one
@@ -173,13 +175,15 @@ def choose_num_splits(num_seqs: int, num_kv_heads: int, group_size: int, max_seq
                       num_sms: int) -> int:
     """How many partitions to cut each context into.
 
-    Aim for about two programs per SM (so one can load while another computes), but never make
-    a partition shorter than MIN_PARTITION_TOKENS: each split costs a partial write and a share
-    of the merge. Many sequences already fill the GPU, so they get 1 split; a few long ones get
-    many. Capped at MAX_SPLITS.
+    Aim for at least PROGRAMS_PER_SM programs per SM: an SM runs 2-3 of these programs at once
+    (registers allow no more), and having several "waves" of them keeps the last, partly empty
+    wave short. But never make a partition shorter than MIN_PARTITION_TOKENS: each split costs a
+    partial write and a share of the merge. Examples on an H100 (132 SMs), 8 KV heads, GQA 4:
+    batch 64 = 512 programs gets 2 splits; batch 4 at 4k tokens gets 16 splits (cap MAX_SPLITS);
+    batch 4 at 300 tokens gets 2 (partitions of at least 256 tokens).
     """
     programs = num_seqs * num_kv_heads * math.ceil(group_size / GROUP_ROWS)
-    wanted = math.ceil(2 * num_sms / programs)
+    wanted = math.ceil(PROGRAMS_PER_SM * num_sms / programs)
     longest_allowed = math.ceil(max_seq_len / MIN_PARTITION_TOKENS)
     return max(1, min(wanted, longest_allowed, MAX_SPLITS))
 

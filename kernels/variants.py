@@ -9,15 +9,15 @@ register, spill and shared-memory budget.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import re
-import subprocess
-import tempfile
+import time
 from dataclasses import dataclass
 
 import torch
 import triton
 from triton.backends.compiler import GPUTarget
-from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
 
 from minillm_kernels.common import DTYPES, HEAD_DIMS, dot_precision
 from minillm_kernels.paged_decode import (GROUP_ROWS, decode_config, merge_splits_kernel,
@@ -117,26 +117,42 @@ def compile_variant(variant: KernelVariant, capability: int):
                           options={"num_warps": variant.num_warps, "enable_fp_fusion": True})
 
 
-def resource_usage(compiled, capability: int) -> dict:
-    """Registers per thread, spill bytes and shared memory of a compiled variant.
+def compile_with_usage(variant: KernelVariant, capability: int) -> tuple[object, dict]:
+    """Compile a variant afresh and read its registers, spills and shared memory.
 
-    A GPU would report registers and spills when it loads the binary; without one, ask `ptxas`
-    itself: Triton's bundled copy re-assembles the kernel's PTX with `-v` (verbose), which
-    prints "Used N registers, X bytes spill stores, Y bytes spill loads".
+    A GPU would report registers and spills when it loads the binary. Without one, ask `ptxas`:
+    Triton runs it with `-v` (verbose), which prints "Used N registers, X bytes spill stores,
+    Y bytes spill loads"; Triton shows that log when `dump_ptxas_log` is on, and compiling
+    afresh (`always_compile`, no cache hit) makes sure ptxas runs.
     """
-    with tempfile.TemporaryDirectory() as folder:
-        ptx = f"{folder}/kernel.ptx"
-        with open(ptx, "w") as f:
-            f.write(compiled.asm["ptx"])
-        log = subprocess.run(
-            [get_ptxas(capability).path, "-v", "--regAllocOptLevel=2",
-             f"--gpu-name={sm_arch_from_capability(capability)}", ptx, "-o", f"{folder}/k.cubin"],
-            capture_output=True, text=True, check=True).stderr
+    log = io.StringIO()
+    with triton.knobs.compilation.scope(), triton.knobs.nvidia.scope():
+        triton.knobs.compilation.always_compile = True
+        triton.knobs.nvidia.dump_ptxas_log = True
+        with contextlib.redirect_stdout(log):
+            compiled = compile_variant(variant, capability)
+    text = log.getvalue()
 
     def number(pattern: str) -> int:
-        return int(re.search(pattern, log).group(1))
+        return int(re.search(pattern, text).group(1))
 
-    return {"registers": number(r"Used (\d+) registers"),
-            "spill_stores": number(r"(\d+) bytes spill stores"),
-            "spill_loads": number(r"(\d+) bytes spill loads"),
-            "shared": compiled.metadata.shared}
+    return compiled, {"registers": number(r"Used (\d+) registers"),
+                      "spill_stores": number(r"(\d+) bytes spill stores"),
+                      "spill_loads": number(r"(\d+) bytes spill loads"),
+                      "shared": compiled.metadata.shared}
+
+
+# The GPUs the compile check targets: name -> (compute capability, shared memory one block may
+# use, in bytes).
+GPU_TARGETS = {"H100": (90, 227 * 1024), "A100": (80, 163 * 1024)}
+
+
+def compile_report(capability: int, variants: list[KernelVariant] | None = None) -> list[dict]:
+    """Compile every variant for one GPU; one row per variant with its resource usage."""
+    rows = []
+    for variant in variants if variants is not None else kernel_variants():
+        started = time.perf_counter()
+        _, usage = compile_with_usage(variant, capability)
+        rows.append({"variant": variant.name, "num_warps": variant.num_warps, **usage,
+                     "seconds": time.perf_counter() - started})
+    return rows

@@ -58,8 +58,8 @@ class TritonAttentionBackend(AttentionBackend):
 
     @staticmethod
     def pick_num_splits(q: torch.Tensor, k_cache: torch.Tensor, meta: AttentionMetadata) -> int:
-        """Split-KV heuristic (see `choose_num_splits`): about two programs per SM, partitions
-        of at least 256 tokens. Batch 64 x 8 KV heads = 512 programs fills an H100 with 1 split;
+        """Split-KV heuristic (see `choose_num_splits`): at least 4 programs per SM, partitions
+        of at least 256 tokens. On an H100, batch 64 x 8 KV heads (512 programs) gets 2 splits;
         batch 2 x 8 KV heads at 4k tokens gets 16 splits of 256 tokens."""
         if q.is_cuda:
             num_sms = torch.cuda.get_device_properties(q.device).multi_processor_count
