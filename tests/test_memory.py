@@ -212,3 +212,54 @@ def test_replay_figures_meet_the_targets():
         assert paged["mean_running"] / s["mean_running"] > 2
     table = figures(results)
     assert "paged" in table and "contiguous/first_fit" in table
+
+
+# -- the functions behind the chapters' widgets ------------------------------------------------
+def test_decode_bound():
+    from minillm.memory.sizing import decode_tokens_per_second_bound
+
+    # 1 GB of weights, no KV, 1 GB/s: one step a second, one token per request per step
+    assert decode_tokens_per_second_bound(1e9, 0, 1, 1.0) == pytest.approx(1.0)
+    assert decode_tokens_per_second_bound(1e9, 0, 8, 1.0) == pytest.approx(8.0)
+    # KV reads make batching less than linear
+    assert decode_tokens_per_second_bound(1e9, 1e8, 8, 1.0) == pytest.approx(8 / 1.8)
+
+
+def test_step_views(small_results):
+    _, results = small_results
+    res = results["first_fit"]
+    assert res.usage_at(-5) is res.steps[0] and res.usage_at(10 ** 9) is res.steps[-1]
+    step, codes = res.map_at(7)
+    assert step == 7 and codes is res.maps[7]
+    text = res.usage_at(7).describe(res.capacity)
+    assert text.startswith("step 7:") and "real tokens" in text and "free" in text
+    sparse = replay(sharegpt_like_trace(20, seed=1), 4096, "paged", map_every=10)
+    assert sparse.map_at(25)[0] == 20 and sparse.map_at(9)[0] == 0
+    with pytest.raises(ValueError):
+        replay(sharegpt_like_trace(5, seed=1), 4096, "paged").map_at(0)
+
+
+def test_plots_draw(small_results):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from minillm.memory.plots import plot_breakdown, plot_map_row, plot_memory_map
+
+    _, results = small_results
+    fig, axes = plt.subplots(3)
+    plot_memory_map(axes[0], results["first_fit"], max_step=50)
+    plot_map_row(axes[1], results["paged"].maps[3])
+    plot_breakdown(axes[2], results)
+    plt.close(fig)
+
+
+def test_environment_checks_report_without_raising():
+    from minillm.envcheck import check_environment, measure_bandwidth
+
+    checks = {c.name: c for c in check_environment()}
+    assert {"python", "torch", "device", "triton", "model"} <= checks.keys()
+    assert checks["python"].ok and checks["torch"].ok
+    assert all(c.line().startswith(("ok ", "-- ")) for c in checks.values())
+    assert measure_bandwidth(megabytes=8, repeats=1) > 0

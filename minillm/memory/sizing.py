@@ -91,3 +91,16 @@ def memory_per_request(shape: ModelShape, context_len: int, batch_size: int,
         "kv_batch_gib": per_request * batch_size / gib,
         "total_gib": (shape.weight_bytes(dtype_bytes) + per_request * batch_size) / gib,
     }
+
+
+def decode_tokens_per_second_bound(weight_bytes: float, kv_bytes: float, batch_size: int,
+                                   bandwidth_gb_s: float) -> float:
+    """Upper bound on decode throughput (tokens/s for the whole batch) when memory bound.
+
+    One decode step reads every weight once (shared by the batch) and every request's KV cache,
+    so it takes at least `(weight_bytes + batch_size * kv_bytes) / bandwidth`, and yields one
+    token per request. `kv_bytes` is one request's cache. Batching pays because the weights are
+    read once for the whole batch; the KV cache is what limits the batch.
+    """
+    seconds = (weight_bytes + batch_size * kv_bytes) / (bandwidth_gb_s * 1e9)
+    return batch_size / seconds

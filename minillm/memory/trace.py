@@ -117,6 +117,17 @@ class StepUsage:
         """Slots held by requests or lost to fragmentation: everything but the usable free."""
         return self.tokens + self.reservation + self.internal + self.external + self.tail
 
+    def describe(self, capacity: int) -> str:
+        """One line per kind of memory, as shares of the whole KV memory (the sliders print it)."""
+        rows = [("real tokens", self.tokens), ("reservation (future tokens)", self.reservation),
+                ("internal frag. (never used)", self.internal),
+                ("external frag. (unusable holes)", self.external),
+                ("unused tail of last block", self.tail), ("free", self.free)]
+        lines = [f"step {self.step}: {self.running} running, {self.waiting} waiting"]
+        lines += [f"  {name:<32}{n:>7} slots  {100 * n / capacity:5.1f}%"
+                  for name, n in rows if n or name in ("real tokens", "free")]
+        return "\n".join(lines)
+
 
 @dataclass
 class ReplayResult:
@@ -130,6 +141,17 @@ class ReplayResult:
     finished: int = 0
     preemptions: int = 0
     output_tokens: int = 0
+
+    def usage_at(self, step: int) -> StepUsage:
+        """The measurement of one step (clamped to the replay's length)."""
+        return self.steps[min(max(step, 0), len(self.steps) - 1)]
+
+    def map_at(self, step: int) -> tuple[int, np.ndarray]:
+        """The last recorded memory map at or before `step`: (its step, one code per slot)."""
+        if not self.maps:
+            raise ValueError("no memory maps recorded: replay with map_every > 0")
+        i = max(int(np.searchsorted(self.map_steps, step, side="right")) - 1, 0)
+        return self.map_steps[i], self.maps[i]
 
     def loaded_steps(self) -> list[StepUsage]:
         """The steps during which a request was waiting (all steps if there were none)."""

@@ -1,0 +1,73 @@
+"""Pictures of KV memory for chapters 3 and 4 (matplotlib, imported only when drawing)."""
+from __future__ import annotations
+
+import numpy as np
+
+from minillm.memory.contiguous import MAP_LABELS
+
+# free, token, reserved, never used, external, tail
+MAP_COLORS = ("#f2f2f2", "#2b8a3e", "#a9d18e", "#f4a261", "#d62828", "#9d4edd")
+
+
+def map_colormap():
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    cmap = ListedColormap(MAP_COLORS)
+    return cmap, BoundaryNorm(np.arange(len(MAP_COLORS) + 1) - 0.5, len(MAP_COLORS))
+
+
+def plot_memory_map(ax, result, title: str | None = None, legend: bool = True,
+                    max_step: int | None = None):
+    """The replay's memory over time: one row per recorded step, one column per token slot.
+
+    `max_step` cuts the picture after that step (the first steps show the mechanism best).
+    """
+    from matplotlib.patches import Patch
+
+    cmap, norm = map_colormap()
+    rows = [i for i, s in enumerate(result.map_steps) if max_step is None or s <= max_step]
+    image = np.stack([result.maps[i] for i in rows])
+    last = result.map_steps[rows[-1]]
+    ax.imshow(image, aspect="auto", interpolation="nearest", cmap=cmap, norm=norm,
+              extent=(0, result.capacity, last, result.map_steps[0]))
+    ax.set_xlabel("KV memory (token slots)")
+    ax.set_ylabel("engine step")
+    ax.set_title(title or result.allocator)
+    if legend:
+        codes = sorted(set(np.unique(image)))
+        ax.legend(handles=[Patch(color=MAP_COLORS[c], label=MAP_LABELS[c]) for c in codes],
+                  loc="lower right", fontsize=7, framealpha=0.9)
+    return ax
+
+
+def plot_map_row(ax, codes: np.ndarray, title: str = ""):
+    """One step's memory map as a strip (what the chapter 3/4 sliders show)."""
+    cmap, norm = map_colormap()
+    ax.imshow(codes[None, :], aspect="auto", interpolation="nearest", cmap=cmap, norm=norm,
+              extent=(0, len(codes), 0, 1))
+    ax.set_yticks([])
+    ax.set_xlabel("KV memory (token slots)")
+    ax.set_title(title, fontsize=9)
+    return ax
+
+
+def plot_breakdown(ax, results: dict, keys=("tokens", "reservation", "internal", "external",
+                                            "tail")):
+    """Stacked bars: where the KV memory in use went, per allocator."""
+    colors = {"tokens": MAP_COLORS[1], "reservation": MAP_COLORS[2], "internal": MAP_COLORS[3],
+              "external": MAP_COLORS[4], "tail": MAP_COLORS[5]}
+    labels = {"tokens": "real tokens", "reservation": "reservation (future tokens)",
+              "internal": "internal frag. (never used)",
+              "external": "external frag. (unusable holes)", "tail": "unused tail of last block"}
+    names = list(results)
+    bottom = np.zeros(len(names))
+    for key in keys:
+        share = np.array([100 * results[n].summary()[
+            "token_share" if key == "tokens" else f"{key}_share"] for n in names])
+        ax.bar([results[n].allocator for n in names], share, bottom=bottom, color=colors[key],
+               label=labels[key])
+        bottom += share
+    ax.set_ylabel("% of the KV memory in use")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    return ax

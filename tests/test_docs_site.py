@@ -1,0 +1,129 @@
+"""The built docs site (`site/`, from `mkdocs build --strict`) in headless Chromium.
+
+Serves `site/` on 127.0.0.1, loads the home page, every chapter and the other pages, and fails on
+any SEVERE console message (a failed request included: the site must work offline) and on a
+chapter whose plots do not show. Screenshots go to a temporary folder (printed), or to
+`$MINILLM_SCREENSHOTS` when set.
+
+Needs Debian's `chromium` and `chromium-driver` and the `selenium` package (`make docs` builds the
+site first; `.ci/run` installs Chromium).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+SITE = Path(__file__).resolve().parent.parent / "site"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+                  "--window-size=1280,1800"]
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def site_url():
+    if not (SITE / "index.html").exists():
+        pytest.fail("site/ is not built: run `mkdocs build --strict` (or `make docs`) first")
+    server = ThreadingHTTPServer(("127.0.0.1", 0),
+                                 functools.partial(QuietHandler, directory=str(SITE)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if not binary or not driver_path:
+        pytest.fail("headless Chromium is missing: apt-get install -y chromium chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory) -> Path:
+    folder = os.environ.get("MINILLM_SCREENSHOTS")
+    path = Path(folder) if folder else tmp_path_factory.mktemp("site-screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    print(f"screenshots: {path}")
+    return path
+
+
+def chapter_pages() -> list[str]:
+    return sorted(f"chapters/{p.parent.name}/" for p in SITE.glob("chapters/*/index.html"))
+
+
+def other_pages() -> list[str]:
+    pages = [""]  # the home page
+    for sub in ("labs", "benchmarks", "api", "model", "kernels", "deployment"):
+        pages += sorted(f"{p.parent.relative_to(SITE).as_posix()}/"
+                        for p in SITE.glob(f"{sub}/**/index.html"))
+    return pages
+
+
+def load(browser, url: str, screenshots: Path, name: str):
+    browser.get_log("browser")  # drop what earlier pages left
+    browser.get(url)
+    browser.execute_script("return document.fonts ? document.fonts.ready : null")
+    browser.save_screenshot(str(screenshots / f"{name or 'home'}.png"))
+    return [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def test_site_has_the_chapters():
+    assert (SITE / "index.html").exists() or pytest.fail("site/ is not built")
+    assert len(chapter_pages()) >= 5, chapter_pages()
+
+
+@pytest.mark.parametrize("page", other_pages() if SITE.exists() else [""])
+def test_page_loads_without_console_errors(browser, site_url, screenshots, page):
+    errors = load(browser, site_url + page, screenshots, page.strip("/").replace("/", "_"))
+    assert not errors, f"{page or 'home'}: console errors {errors}"
+    assert browser.find_element("css selector", "h1").text.strip()
+
+
+@pytest.mark.parametrize("page", chapter_pages() if SITE.exists() else [])
+def test_chapter_renders_with_visible_plots(browser, site_url, screenshots, page):
+    errors = load(browser, site_url + page, screenshots, page.strip("/").replace("/", "_"))
+    assert not errors, f"{page}: console errors {errors}"
+    assert browser.find_element("css selector", "h1").text.strip()
+    # the notebook's outputs are on the page: code cells and at least one plot
+    assert browser.find_elements("css selector", ".jp-CodeCell"), "no notebook cells rendered"
+    images = browser.find_elements("css selector", ".jp-OutputArea-output img")
+    assert images, f"{page}: no plot images"
+    visible = []
+    for img in images:
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", img)
+        width, box = browser.execute_script(
+            "const r = arguments[0].getBoundingClientRect();"
+            "return [arguments[0].naturalWidth, [r.width, r.height]];", img)
+        visible.append(width > 0 and box[0] > 0 and box[1] > 0)
+    assert any(visible), f"{page}: no plot image is visible"
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", images[0])
+    browser.save_screenshot(str(screenshots / f"{page.strip('/').replace('/', '_')}_plot.png"))
