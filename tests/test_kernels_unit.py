@@ -53,3 +53,14 @@ def test_backend_on_cpu_without_interpreter_says_what_to_do():
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert result.returncode != 0
     assert "TRITON_INTERPRET=1" in result.stderr
+
+
+def test_gpu_benchmark_refuses_clearly_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the benchmark would run")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "tools/bench_paged_decode.py"], env=env,
+                            capture_output=True, text=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert result.returncode != 0
+    assert "no CUDA GPU found" in result.stderr
