@@ -263,3 +263,33 @@ def test_environment_checks_report_without_raising():
     assert checks["python"].ok and checks["torch"].ok
     assert all(c.line().startswith(("ok ", "-- ")) for c in checks.values())
     assert measure_bandwidth(megabytes=8, repeats=1) > 0
+
+
+# -- chapter 1's metrics ------------------------------------------------------------------------
+def test_serving_metrics_on_a_fake_clock():
+    from types import SimpleNamespace
+
+    from minillm.bench.challenge import cost_per_million_tokens, serve_one_at_a_time, \
+        serving_metrics
+
+    now = [0.0]
+
+    class FakeGenerator:
+        tokenizer = SimpleNamespace(encode=lambda text: text.split())
+
+        def generate(self, prompt, max_new_tokens):
+            n = len(prompt)  # a request of n characters makes n tokens in n seconds
+            now[0] += n
+            return SimpleNamespace(token_ids=list(range(n)), ttft_s=1.0, latency_s=float(n))
+
+    records = serve_one_at_a_time(FakeGenerator(), ["aa", "bbbb"], max_new_tokens=10,
+                                  clock=lambda: now[0])
+    assert [r.ttft_s for r in records] == [1.0, 3.0]  # the second waited 2 s in the queue
+    assert [r.latency_s for r in records] == [2.0, 6.0]
+    m = serving_metrics(records)
+    assert m["throughput_tok_s"] == pytest.approx(6 / 6)
+    assert m["ttft_mean_s"] == pytest.approx(2.0) and m["ttft_max_s"] == 3.0
+    assert m["kv_utilisation"] == pytest.approx((1 + 2 + 1 + 4) / (11 + 11))
+    assert records[1].tokens_per_s == pytest.approx(3 / 3)
+    assert cost_per_million_tokens(3.6, 1000) == pytest.approx(1.0)
+    assert cost_per_million_tokens(2.0, 0) == float("inf")
