@@ -1,0 +1,202 @@
+"""What completions and chat share: admission, prompt checks, the request's life cycle, SSE.
+
+A request's life, whichever endpoint it came from:
+
+    admit (draining? queue full?) ─► tokenize, check the context length ─► engine.add_request
+      ─► read the RequestStream ─► response / SSE chunks
+      ─► on the way out: finished → metrics; anything else (client gone, error) → abort
+
+The abort on the way out is what frees a vanished client's KV blocks at once. A streaming
+response notices the disconnect itself (Starlette cancels the body when the client leaves); a
+non-streaming one has nothing to send until the end, so it watches the connection meanwhile.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import AsyncIterator
+
+from fastapi import Request
+from pydantic import BaseModel
+
+from minillm.engine.async_engine import AsyncEngine, RequestStream
+from minillm.entrypoints.openai.errors import OpenAIError
+from minillm.entrypoints.openai.metrics import ServerMetrics
+from minillm.entrypoints.openai.protocol import PromptTokensDetails, UsageInfo
+from minillm.outputs import CompletionOutput, RequestOutput
+from minillm.sampling_params import SamplingParams
+
+logger = logging.getLogger("minillm.server")
+
+
+class OpenAIServing:
+    def __init__(self, engine: AsyncEngine, metrics: ServerMetrics, served_model_names: list[str],
+                 max_waiting_requests: int | None):
+        self.engine, self.metrics = engine, metrics
+        self.served_model_names = served_model_names
+        self.max_waiting_requests = max_waiting_requests
+        self.tokenizer = engine.engine.tokenizer
+        self.max_model_len = engine.engine.max_model_len
+
+    # -- checks -------------------------------------------------------------------------------
+    def model_name(self, requested: str | None) -> str:
+        """The served name to answer with; 404 for a model this server does not serve."""
+        if requested is None:
+            return self.served_model_names[0]
+        if requested not in self.served_model_names:
+            raise OpenAIError(404, f"The model `{requested}` does not exist.", "model")
+        return requested
+
+    def max_tokens(self, requested: int | None, num_prompt_tokens: int) -> int:
+        """`max_tokens` within the context length (None: all the room left); 400 if over."""
+        room = self.max_model_len - num_prompt_tokens
+        if requested is None and room >= 1:
+            return room
+        if requested is None or requested > room:
+            asked = num_prompt_tokens + (requested or 1)
+            raise OpenAIError(400, (
+                f"This model's maximum context length is {self.max_model_len} tokens. However, "
+                f"you requested {asked} tokens ({num_prompt_tokens} in the prompt, "
+                f"{asked - num_prompt_tokens} in the completion). Please reduce the length of "
+                f"the prompt or completion."), "max_tokens")
+        return requested
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        # Safe beside the engine thread's decoding: a fast tokenizer's encode/decode share no
+        # mutable state unless truncation or padding settings change, and they never do here.
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
+    def sampling_params(self, request, max_tokens: int, logprobs: int | None) -> SamplingParams:
+        try:
+            return request.sampling_params(max_tokens, logprobs)
+        except ValueError as e:
+            raise OpenAIError(400, str(e)) from e
+
+    def _admit(self, count: int) -> None:
+        """Refuse work the server cannot queue: better a fast 429 than an unbounded wait."""
+        if not self.engine.is_alive:
+            raise OpenAIError(503, "the engine loop is not running")
+        limit = self.max_waiting_requests
+        if limit is not None and self.engine.num_waiting + count > limit:
+            raise OpenAIError(429, f"the server already has {self.engine.num_waiting} requests "
+                                   f"waiting (--max-waiting-requests {limit}); retry later",
+                              headers={"Retry-After": "1"})
+
+    # -- the request's life -------------------------------------------------------------------
+    async def start(self, request_id: str, prompts: list[dict], params: list[SamplingParams],
+                    priority: int) -> list[RequestStream]:
+        """Add one engine request per prompt (ids `request_id`, or `request_id-i` for a batch);
+        all or none: if one is refused, those already added are aborted (400)."""
+        self._admit(len(prompts))
+        ids = [request_id] if len(prompts) == 1 else [f"{request_id}-{i}"
+                                                        for i in range(len(prompts))]
+        arrival, streams = time.monotonic(), []
+        try:
+            for rid, prompt, p in zip(ids, prompts, params):
+                streams.append(await self.engine.add_request(rid, prompt, p, priority, arrival))
+        except BaseException as e:
+            for stream in streams:
+                self.engine.abort(stream.request_id)
+            if isinstance(e, ValueError):
+                raise OpenAIError(400, str(e)) from e
+            raise
+        return streams
+
+    @contextlib.asynccontextmanager
+    async def tracked(self, streams: list[RequestStream], raw: Request | None = None):
+        """Around reading `streams`: record finished requests, abort the rest on the way out.
+
+        With `raw`, also abort the moment the client disconnects (for non-streaming responses).
+        """
+        watcher = asyncio.create_task(self._abort_on_disconnect(raw, streams)) if raw else None
+        try:
+            yield
+        finally:
+            if watcher:
+                watcher.cancel()
+            for stream in streams:
+                if stream.last is not None and stream.last.finished:
+                    self.metrics.record_finished(stream.last)
+                else:
+                    logger.info("request %s aborted before it finished: its KV blocks are freed",
+                                stream.request_id)
+                    self.engine.abort(stream.request_id)
+                    self.metrics.record_aborted()
+
+    async def _abort_on_disconnect(self, raw: Request, streams: list[RequestStream]) -> None:
+        # The body has been read, so the next ASGI message can only be the disconnect.
+        while (await raw.receive())["type"] != "http.disconnect":
+            pass
+        for stream in streams:
+            self.engine.abort(stream.request_id)
+
+
+async def merge(streams: list[RequestStream]) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """`(prompt index, output)` from several streams as they arrive; one's error ends all."""
+    if len(streams) == 1:  # the usual case: no tasks, no queue
+        async for output in streams[0]:
+            yield 0, output
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(i: int, stream: RequestStream) -> None:
+        try:
+            async for output in stream:
+                queue.put_nowait((i, output, None))
+        except Exception as e:
+            queue.put_nowait((i, None, e))
+        queue.put_nowait((i, None, None))  # this stream is done
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(streams)
+        while remaining:
+            i, output, error = await queue.get()
+            if error is not None:
+                raise error
+            if output is None:
+                remaining -= 1
+            else:
+                yield i, output
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+class DeltaTracker:
+    """How much of each choice a stream has sent, so each chunk carries only what is new."""
+
+    def __init__(self):
+        self.sent: dict[tuple[int, int], tuple[int, int]] = {}  # (prompt, choice) -> chars, tokens
+        self.done: set[tuple[int, int]] = set()
+
+    def new_part(self, key: tuple[int, int], c: CompletionOutput) -> tuple[str, int] | None:
+        """(new text, index of its first new token), or None when there is nothing to send."""
+        if key in self.done:
+            return None
+        chars, tokens = self.sent.get(key, (0, 0))
+        if len(c.text) == chars and c.finish_reason is None:
+            return None  # new tokens whose text is held back (partial character or stop string)
+        self.sent[key] = (len(c.text), len(c.token_ids))
+        if c.finish_reason is not None:
+            self.done.add(key)
+        return c.text[chars:], tokens
+
+
+def usage(outputs: list[RequestOutput]) -> UsageInfo:
+    prompt = sum(len(o.prompt_token_ids) for o in outputs)
+    completion = sum(len(c.token_ids) for o in outputs for c in o.outputs)
+    cached = sum(o.num_cached_tokens for o in outputs)
+    return UsageInfo(prompt_tokens=prompt, completion_tokens=completion,
+                     total_tokens=prompt + completion,
+                     prompt_tokens_details=PromptTokensDetails(cached_tokens=cached))
+
+
+def sse(body: BaseModel) -> str:
+    """One server-sent event; `model_dump_json` serialises in Rust, once per chunk."""
+    return f"data: {body.model_dump_json()}\n\n"
+
+
+SSE_DONE = "data: [DONE]\n\n"

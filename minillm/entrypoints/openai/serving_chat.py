@@ -1,0 +1,114 @@
+"""`POST /v1/chat/completions`: messages rendered by the model's chat template, then generated.
+
+A stream opens each choice with a `{"role": "assistant"}` delta, as OpenAI does, then sends
+content deltas; the last chunk of a choice carries its `finish_reason`.
+"""
+from __future__ import annotations
+
+import time
+
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+
+from minillm.engine.async_engine import RequestStream
+from minillm.entrypoints.openai.errors import OpenAIError, error_body
+from minillm.entrypoints.openai.protocol import (AssistantMessage, ChatCompletionChoice,
+                                                 ChatCompletionChunk, ChatCompletionRequest,
+                                                 ChatCompletionResponse, ChatLogprob,
+                                                 ChatLogprobs, ChatMessage, ChatStreamChoice,
+                                                 DeltaMessage, TopLogprob)
+from minillm.entrypoints.openai.serving import (SSE_DONE, DeltaTracker, OpenAIServing, merge, sse,
+                                                usage)
+from minillm.outputs import CompletionOutput
+
+
+class OpenAIServingChat(OpenAIServing):
+    async def create(self, request: ChatCompletionRequest, raw: Request):
+        model = self.model_name(request.model)
+        prompt = self.render(request.messages, request.add_generation_prompt)
+        requested = request.max_completion_tokens or request.max_tokens
+        top = (request.top_logprobs or 0) if request.logprobs else None
+        params = self.sampling_params(
+            request, self.max_tokens(requested, len(prompt["prompt_token_ids"])), top)
+        request_id = f"chatcmpl-{raw.state.request_id}"
+        streams = await self.start(request_id, [prompt], [params], request.priority)
+        if request.stream:
+            return StreamingResponse(self._stream(request, streams, request_id, model),
+                                     media_type="text/event-stream")
+        return await self._full(request, raw, streams, request_id, model)
+
+    def render(self, messages: list[ChatMessage], add_generation_prompt: bool) -> dict:
+        """The prompt the model was trained to see: text and token ids."""
+        if not self.tokenizer.chat_template:
+            raise OpenAIError(400, "this model has no chat template: use /v1/completions")
+        conversation = [{"role": m.role, "content": m.text()} for m in messages]
+        try:
+            text = self.tokenizer.apply_chat_template(
+                conversation, tokenize=False, add_generation_prompt=add_generation_prompt)
+        except Exception as e:  # the template's own checks (roles, order) raise
+            raise OpenAIError(400, f"cannot apply the chat template: {e}", "messages") from e
+        # The template already wrote any special tokens (BOS) the model expects.
+        return {"prompt": text, "prompt_token_ids": self.encode(text, add_special_tokens=False)}
+
+    async def _full(self, request: ChatCompletionRequest, raw: Request,
+                    streams: list[RequestStream], request_id: str, model: str):
+        async with self.tracked(streams, raw):
+            async for _ in merge(streams):
+                pass
+        output = streams[0].last
+        choices = [ChatCompletionChoice(
+            index=c.index, message=AssistantMessage(content=c.text),
+            logprobs=_logprobs(request, c, 0), finish_reason=c.finish_reason,
+            stop_reason=c.stop_reason) for c in output.outputs]
+        return ChatCompletionResponse(id=request_id, model=model, choices=choices,
+                                      usage=usage([output]))
+
+    async def _stream(self, request: ChatCompletionRequest, streams: list[RequestStream],
+                      request_id: str, model: str):
+        created, sent = int(time.time()), DeltaTracker()
+
+        def chunk(choices, **fields) -> str:
+            return sse(ChatCompletionChunk(id=request_id, created=created, model=model,
+                                           choices=choices, **fields))
+
+        for index in range(request.n):
+            yield chunk([ChatStreamChoice(index=index,
+                                          delta=DeltaMessage(role="assistant", content=""))])
+        async with self.tracked(streams):
+            try:
+                async for _, output in merge(streams):
+                    for c in output.outputs:
+                        part = sent.new_part((0, c.index), c)
+                        if part is not None:
+                            yield chunk([_stream_choice(request, c, *part)])
+            except Exception as e:  # headers are sent: report in the stream, then end it
+                yield sse(error_body(500, f"{type(e).__name__}: {e}"))
+                yield SSE_DONE
+                return
+        if request.include_usage:
+            yield chunk([], usage=usage([streams[0].last]))
+        yield SSE_DONE
+
+
+def _stream_choice(request: ChatCompletionRequest, c: CompletionOutput, text: str,
+                   first_token: int) -> ChatStreamChoice:
+    return ChatStreamChoice(index=c.index, delta=DeltaMessage(content=text or None),
+                            logprobs=_logprobs(request, c, first_token),
+                            finish_reason=c.finish_reason, stop_reason=c.stop_reason)
+
+
+def _logprobs(request: ChatCompletionRequest, c: CompletionOutput,
+              first: int) -> ChatLogprobs | None:
+    """OpenAI's chat shape: per token, its own entry and the `top_logprobs` best ones."""
+    if not request.logprobs:
+        return None
+    content = []
+    for token_id, entries in zip(c.token_ids[first:], c.logprobs[first:]):
+        chosen = entries[token_id]
+        best = sorted(entries.values(), key=lambda e: e.rank)[:request.top_logprobs or 0]
+        content.append(ChatLogprob(
+            token=chosen.decoded_token, logprob=chosen.logprob,
+            bytes=list(chosen.decoded_token.encode()),
+            top_logprobs=[TopLogprob(token=e.decoded_token, logprob=e.logprob,
+                                     bytes=list(e.decoded_token.encode())) for e in best]))
+    return ChatLogprobs(content=content)
