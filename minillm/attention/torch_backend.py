@@ -31,19 +31,50 @@ def causal_mask(query_len: int, seq_len: int, device: torch.device) -> torch.Ten
     return k_pos <= q_pos
 
 
+def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                 block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float) -> torch.Tensor:
+    """One query per sequence, all sequences at once: gather each context through its block
+    table into a padded batch, mask the padding, attend. q: [S, Hq, D] -> [S, Hq, D]."""
+    num_seqs, num_heads, dim = q.shape
+    num_kv_heads, max_len = k_cache.shape[2], int(seq_lens.max())
+    tables = block_tables[:, :-(-max_len // k_cache.shape[1])].long()
+    keys = k_cache[tables].flatten(1, 2)[:, :max_len].transpose(1, 2)  # [S, Hkv, L, D]
+    values = v_cache[tables].flatten(1, 2)[:, :max_len].transpose(1, 2)
+    q = q.view(num_seqs, num_kv_heads, num_heads // num_kv_heads, dim)  # query groups per KV head
+    scores = torch.matmul(q, keys.transpose(-1, -2)).float() * scale  # [S, Hkv, G, L]
+    padding = torch.arange(max_len, device=q.device)[None, :] >= seq_lens[:, None]
+    scores.masked_fill_(padding[:, None, None, :], float("-inf"))
+    out = torch.matmul(torch.softmax(scores, dim=-1).to(values.dtype), values)
+    return out.reshape(num_seqs, num_heads, dim)
+
+
+def paged_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                  block_table: torch.Tensor, seq_len: int, scale: float) -> torch.Tensor:
+    """A chunk of one sequence's queries, causal over its cached prefix and itself."""
+    keys = gather_context(k_cache, block_table, seq_len)
+    values = gather_context(v_cache, block_table, seq_len)
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1),
+        attn_mask=causal_mask(q.shape[0], seq_len, q.device), scale=scale, enable_gqa=True)
+    return out.transpose(0, 1)
+
+
 class TorchAttentionBackend(AttentionBackend):
+    """Decodes are batched into one gathered, masked attention; prefill chunks go one by one."""
+
     name = "torch"
 
     def forward(self, q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale: float):
         store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
         out = torch.empty_like(q)
-        starts = meta.query_start_loc.tolist()
-        for i, seq_len in enumerate(meta.seq_lens.tolist()):
-            lo, hi = starts[i], starts[i + 1]
-            keys = gather_context(k_cache, meta.block_tables[i], seq_len)
-            values = gather_context(v_cache, meta.block_tables[i], seq_len)
-            mask = None if hi - lo == 1 else causal_mask(hi - lo, seq_len, q.device)
-            out[lo:hi] = F.scaled_dot_product_attention(
-                q[lo:hi].transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1),
-                attn_mask=mask, scale=scale, enable_gqa=True).transpose(0, 1)
+        starts, query_lens = meta.query_start_loc[:-1], meta.query_start_loc.diff()
+        decode = query_lens == 1
+        if decode.any():
+            rows = starts[decode].long()
+            out[rows] = paged_decode(q[rows], k_cache, v_cache, meta.block_tables[decode],
+                                     meta.seq_lens[decode], scale)
+        for i in torch.nonzero(~decode).flatten().tolist():
+            lo, hi = int(starts[i]), int(starts[i] + query_lens[i])
+            out[lo:hi] = paged_prefill(q[lo:hi], k_cache, v_cache, meta.block_tables[i],
+                                       int(meta.seq_lens[i]), scale)
         return out

@@ -146,7 +146,7 @@ class LLMEngine:
         seed = (params.seed + seq.index if params.seed is not None
                 else int(torch.randint(0, 2**62, (1,), generator=self._seed_source)))
         request.seqs.append(seq)
-        request.generators[seq.seq_id] = torch.Generator().manual_seed(seed)
+        request.generators[seq.seq_id] = torch.Generator(self.device).manual_seed(seed)
         request.detokenizers[seq.seq_id] = IncrementalDetokenizer(
             self.tokenizer, request.prompt_token_ids, params.skip_special_tokens)
         request.logprobs[seq.seq_id] = []
