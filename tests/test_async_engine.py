@@ -1,0 +1,95 @@
+"""AsyncEngine: the engine thread keeps going when one request fails, and frees what it held."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from minillm.config import EngineConfig
+from minillm.engine.async_engine import AsyncEngine, RequestAborted
+from minillm.engine.llm_engine import LLMEngine
+from minillm.sampling_params import SamplingParams
+
+GREEDY = SamplingParams(temperature=0, max_tokens=6)
+
+
+@pytest.fixture
+def engine(llama_checkpoint):
+    return LLMEngine(EngineConfig(model=str(llama_checkpoint), max_model_len=128))
+
+
+async def final(stream):
+    async for output in stream:
+        pass
+    return output
+
+
+def test_streams_match_the_engine(engine):
+    async def main():
+        loop = AsyncEngine(engine)
+        loop.start()
+        streams = [await loop.add_request(str(i), f"prompt {i}", GREEDY) for i in range(4)]
+        outputs = await asyncio.gather(*(final(s) for s in streams))
+        loop.stop()
+        return outputs
+
+    outputs = asyncio.run(main())
+    assert all(o.finished and len(o.outputs[0].token_ids) == 6 for o in outputs)
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+
+
+def test_a_refused_request_fails_alone(engine):
+    async def main():
+        loop = AsyncEngine(engine)
+        loop.start()
+        good = await loop.add_request("good", "hello", GREEDY)
+        with pytest.raises(ValueError, match="outside the vocabulary"):
+            await loop.add_request("bad", {"prompt_token_ids": [10**6]}, GREEDY)
+        output = await final(good)
+        loop.stop()
+        return output
+
+    assert asyncio.run(main()).outputs[0].finish_reason == "length"
+
+
+def test_a_failing_step_fails_its_requests_and_the_loop_goes_on(engine, monkeypatch):
+    run = engine.runner.run
+    calls = []
+
+    def fail_once(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("injected")
+        return run(*args)
+
+    monkeypatch.setattr(engine.runner, "run", fail_once)
+
+    async def main():
+        loop = AsyncEngine(engine)
+        loop.start()
+        victim = await loop.add_request("victim", "hello", GREEDY)
+        with pytest.raises(RuntimeError, match="injected"):
+            await final(victim)
+        later = await final(await loop.add_request("later", "hello", GREEDY))
+        loop.stop()
+        return later
+
+    later = asyncio.run(main())
+    assert later.outputs[0].finish_reason == "length"
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+
+
+def test_abort_frees_blocks_and_ends_the_stream(engine):
+    async def main():
+        loop = AsyncEngine(engine)
+        loop.start()
+        stream = await loop.add_request("r", "hello", SamplingParams(max_tokens=100,
+                                                                      ignore_eos=True))
+        await stream.__anext__()
+        loop.abort("r")
+        with pytest.raises(RequestAborted):
+            await final(stream)
+        loop.stop()  # joins the engine thread, which applies the abort first
+
+    asyncio.run(main())
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
