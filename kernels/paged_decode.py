@@ -21,6 +21,9 @@ group through a single `tl.dot`. `tl.dot` needs every dimension >= 16, so the gr
 `GROUP_ROWS = 16` rows (padding rows hold zeros and are never stored). A group of more than 16
 heads is cut into 16-row slices, one program each.
 
+With a single split there is nothing to merge: stage 1 then writes the final output itself and
+stage 2 is not launched (one launch fewer per layer, which matters for small batches).
+
 Grid of stage 1: `(num_seqs, num_kv_heads * slices_per_kv_head, num_splits)`.
 Grid of stage 2: `(num_seqs, num_heads)`.
 """
@@ -52,11 +55,13 @@ def paged_decode_split_kernel(
     k_cache_ptr, v_cache_ptr,      # [num_blocks, block_size, num_kv_heads, head_dim]
     block_tables_ptr,              # [num_seqs, max_blocks] int32
     seq_lens_ptr,                  # [num_seqs] int32
+    out_ptr,                       # [num_seqs, num_heads, head_dim]: written if num_splits == 1
     part_out_ptr,                  # [num_seqs, num_heads, num_splits, head_dim] float32
     part_lse_ptr,                  # [num_seqs, num_heads, num_splits] float32, log2 domain
     scale_log2e,                   # softmax scale * log2(e): scores go straight into exp2
     block_size, group_size, num_heads, num_splits, partition_size,
     stride_q_tok, stride_q_head,
+    stride_o_tok, stride_o_head,
     stride_c_block, stride_c_slot, stride_c_head,
     stride_bt_seq,
     HEAD_DIM: tl.constexpr,
@@ -118,11 +123,19 @@ def paged_decode_split_kernel(
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
 
-    # Partial result: the partition's normalised output and its log2-sum-exp2.
-    part = (seq.to(tl.int64) * num_heads + heads) * num_splits + split
-    tl.store(part_out_ptr + part[:, None] * HEAD_DIM + dims[None, :], acc / l_i[:, None],
-             mask=row_in_group[:, None])
-    tl.store(part_lse_ptr + part, m_i + tl.log2(l_i), mask=row_in_group)
+    out = acc / l_i[:, None]
+    if num_splits == 1:
+        # The only partition: this is the final output.
+        out_offsets = (seq.to(tl.int64) * stride_o_tok + heads[:, None] * stride_o_head
+                       + dims[None, :])
+        tl.store(out_ptr + out_offsets, out.to(out_ptr.dtype.element_ty),
+                 mask=row_in_group[:, None])
+    else:
+        # A partial result: the partition's normalised output and its log2-sum-exp2.
+        part = (seq.to(tl.int64) * num_heads + heads) * num_splits + split
+        tl.store(part_out_ptr + part[:, None] * HEAD_DIM + dims[None, :], out,
+                 mask=row_in_group[:, None])
+        tl.store(part_lse_ptr + part, m_i + tl.log2(l_i), mask=row_in_group)
 
 
 @triton.jit(do_not_specialize=["seq_lens_ptr", "num_heads", "num_splits", "partition_size"])
@@ -165,10 +178,13 @@ def decode_config(head_dim: int, dtype: torch.dtype) -> tuple[int, int]:
     """(TILE_N, num_warps) for stage 1, chosen so no compiled variant spills registers.
 
     A K and a V tile of TILE_N rows are in flight per iteration; with rows of more than 256
-    bytes (float32 dim 128, 16-bit dim 256) the tile is halved and spread over 8 warps.
+    bytes (float32 dim 128, 16-bit dim 256) the tile is halved. float32 inputs multiply on the
+    FMA units (IEEE precision, no tensor cores), which need more registers: 8 warps share them.
     """
     row_bytes = head_dim * dtype.itemsize
-    return (64, 4) if row_bytes <= 256 else (32, 8)
+    tile_n = 64 if row_bytes <= 256 else 32
+    num_warps = 4 if dtype != torch.float32 and row_bytes <= 256 else 8
+    return tile_n, num_warps
 
 
 def choose_num_splits(num_seqs: int, num_kv_heads: int, group_size: int, max_seq_len: int,
@@ -202,6 +218,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     group_size = num_heads // num_kv_heads
     assert num_heads == group_size * num_kv_heads, "num_heads must be a multiple of num_kv_heads"
     assert q.dtype == k_cache.dtype == v_cache.dtype, "q and the caches must share a dtype"
+    assert block_tables.dtype == seq_lens.dtype == torch.int32
     q = aligned(q)
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache), ("out", out)):
         if t is not None:
@@ -216,21 +233,26 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     # Partitions are whole tiles long, so only the last tile of a partition can be partial.
     partition_size = triton.cdiv(triton.cdiv(max_seq_len, num_splits), tile_n) * tile_n
     num_splits = triton.cdiv(max_seq_len, partition_size)
-    part_out = torch.empty(num_seqs, num_heads, num_splits, head_dim, dtype=torch.float32,
+    # Partials only exist with several splits (a single split writes `out` directly).
+    partials = num_splits if num_splits > 1 else 0
+    part_out = torch.empty(num_seqs, num_heads, partials, head_dim, dtype=torch.float32,
                            device=q.device)
-    part_lse = torch.empty(num_seqs, num_heads, num_splits, dtype=torch.float32, device=q.device)
+    part_lse = torch.empty(num_seqs, num_heads, partials, dtype=torch.float32, device=q.device)
 
     slices = num_kv_heads * triton.cdiv(group_size, GROUP_ROWS)
     paged_decode_split_kernel[(num_seqs, slices, num_splits)](
-        q, k_cache, v_cache, block_tables, seq_lens, part_out, part_lse,
+        q, k_cache, v_cache, block_tables, seq_lens, out, part_out, part_lse,
         scale * math.log2(math.e),
         k_cache.shape[1], group_size, num_heads, num_splits, partition_size,
         q.stride(0), q.stride(1),
+        out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0),
         HEAD_DIM=head_dim, GROUP_ROWS=GROUP_ROWS, TILE_N=tile_n,
         DOT_PRECISION=dot_precision(q.dtype), num_warps=num_warps, enable_fp_fusion=True,
     )
+    if num_splits == 1:
+        return out
     merge_splits_kernel[(num_seqs, num_heads)](
         out, part_out, part_lse, seq_lens,
         num_heads, num_splits, partition_size,

@@ -118,7 +118,7 @@ def prefill_config(head_dim: int, dtype: torch.dtype) -> tuple[int, int, int]:
     row_bytes = head_dim * dtype.itemsize
     num_warps = 4 if dtype != torch.float32 and row_bytes <= 256 else 8
     block_m = 64 if row_bytes <= 256 else 32 if row_bytes <= 512 else 16
-    block_n = 32 if row_bytes <= 512 else 16
+    block_n = 64 if row_bytes <= 128 else 32 if row_bytes <= 512 else 16
     return block_m, block_n, num_warps
 
 
@@ -135,6 +135,7 @@ def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     group_size = num_heads // num_kv_heads
     assert num_heads == group_size * num_kv_heads, "num_heads must be a multiple of num_kv_heads"
     assert q.dtype == k_cache.dtype == v_cache.dtype, "q and the caches must share a dtype"
+    assert query_start_loc.dtype == seq_lens.dtype == block_tables.dtype == torch.int32
     q = aligned(q)
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache), ("out", out)):
         if t is not None:

@@ -23,6 +23,7 @@ from minillm_kernels.common import DTYPES, HEAD_DIMS, dot_precision
 from minillm_kernels.paged_decode import (GROUP_ROWS, decode_config, merge_splits_kernel,
                                           paged_decode_split_kernel)
 from minillm_kernels.paged_prefill import prefill_config, paged_prefill_kernel
+from minillm_kernels.store_kv import BLOCK_T as STORE_BLOCK_T
 from minillm_kernels.store_kv import store_kv_kernel
 
 TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
@@ -53,14 +54,15 @@ def kernel_variants(head_dims=HEAD_DIMS, dtypes=DTYPES) -> list[KernelVariant]:
                 f"store_kv {tag}", store_kv_kernel,
                 _signature(store_kv_kernel, {
                     "k_ptr": ptr, "v_ptr": ptr, "k_cache_ptr": ptr, "v_cache_ptr": ptr,
-                    "slot_mapping_ptr": "*i64", "HEAD_DIM": "constexpr"}),
-                {"HEAD_DIM": head_dim}))
+                    "slot_mapping_ptr": "*i64",
+                    "HEAD_DIM": "constexpr", "BLOCK_T": "constexpr"}),
+                {"HEAD_DIM": head_dim, "BLOCK_T": STORE_BLOCK_T}))
 
             tile_n, num_warps = decode_config(head_dim, dtype)
             variants.append(KernelVariant(
                 f"decode_split {tag}", paged_decode_split_kernel,
                 _signature(paged_decode_split_kernel, {
-                    "q_ptr": ptr, "k_cache_ptr": ptr, "v_cache_ptr": ptr,
+                    "q_ptr": ptr, "k_cache_ptr": ptr, "v_cache_ptr": ptr, "out_ptr": ptr,
                     "block_tables_ptr": "*i32", "seq_lens_ptr": "*i32",
                     "part_out_ptr": "*fp32", "part_lse_ptr": "*fp32", "scale_log2e": "fp32",
                     "HEAD_DIM": "constexpr", "GROUP_ROWS": "constexpr", "TILE_N": "constexpr",

@@ -252,7 +252,8 @@ def test_triton_backend_matches_reference_and_torch_backend(decode_only, num_kv_
     batch = Batch([n - q for n, q in zip(lens, queries)], queries, 8, 2, 64, 16, torch.float32,
                   seed_for("backend", decode_only, num_kv_splits))
     meta = batch.metadata()
-    torch_caches = batch.k_cache.clone(), batch.v_cache.clone()
+    # The torch backend reads whole blocks and masks scores, so it needs finite padding slots.
+    torch_caches = batch.k_cache.nan_to_num(0), batch.v_cache.nan_to_num(0)
 
     out = TritonAttentionBackend(num_kv_splits).forward(
         batch.q, batch.new_k, batch.new_v, batch.k_cache, batch.v_cache, meta, batch.scale)
@@ -261,6 +262,6 @@ def test_triton_backend_matches_reference_and_torch_backend(decode_only, num_kv_
     expected = get_backend("torch").forward(batch.q, batch.new_k, batch.new_v, *torch_caches,
                                             meta, batch.scale)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
-    # Both stored the same tokens in the same slots (NaN elsewhere on both sides).
-    torch.testing.assert_close(batch.k_cache, torch_caches[0], equal_nan=True, rtol=0, atol=0)
-    torch.testing.assert_close(batch.v_cache, torch_caches[1], equal_nan=True, rtol=0, atol=0)
+    # Both stored the same tokens in the same slots.
+    assert torch.equal(batch.k_cache.nan_to_num(0), torch_caches[0])
+    assert torch.equal(batch.v_cache.nan_to_num(0), torch_caches[1])

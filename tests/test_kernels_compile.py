@@ -100,10 +100,10 @@ def test_launchers_only_ask_for_compiled_variants(monkeypatch):
             caches = [torch.zeros(num_blocks, block_size, kv_heads, head_dim, dtype=dtype)
                       for _ in range(2)]
             block_tables = torch.zeros(2, 3, dtype=torch.int32)
-            seq_lens = torch.tensor([40, 3], dtype=torch.int32)
+            seq_lens = torch.tensor([200, 3], dtype=torch.int32)
             store_kv(k, v, *caches, torch.arange(5, dtype=torch.int64))
-            for splits in (1, 2):
-                paged_decode_attention(q[:2], *caches, block_tables, seq_lens, 0.1, 40, splits)
+            for splits in (1, 2):  # 1: stage 1 writes the output; 2: stage 1 + merge
+                paged_decode_attention(q[:2], *caches, block_tables, seq_lens, 0.1, 200, splits)
             paged_prefill_attention(q, *caches, torch.tensor([0, 2, 5], dtype=torch.int32),
                                     seq_lens, block_tables, 3, 0.1)
 
