@@ -57,3 +57,33 @@ def impl(request):
 def pytest_report_header(config):
     which = "minillm's reference" if config.getoption("--reference") else "your lab files"
     return f"labs: grading {which}"
+
+
+# -- a per-task summary at the end of the run ---------------------------------------------------
+_TASK_OF: dict[str, list[str]] = {}
+_RESULTS: dict[str, dict[str, int]] = {}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        _TASK_OF[item.nodeid] = [m.name for m in item.iter_markers() if m.name.startswith("task")]
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" or report.outcome != "passed":
+        for task in _TASK_OF.get(report.nodeid, []):
+            counts = _RESULTS.setdefault(task, {"passed": 0, "failed": 0, "skipped": 0})
+            counts[report.outcome] += 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _RESULTS:
+        return
+    terminalreporter.section("tasks")
+    for task in sorted(_RESULTS, key=lambda t: [int(x) for x in t[4:].split("_")]):
+        counts = _RESULTS[task]
+        total = sum(counts.values())
+        done = counts["passed"] == total
+        terminalreporter.write_line(
+            f"task {task[4:].replace('_', '.'):>5}: {counts['passed']}/{total} tests pass"
+            f"{'  -- done' if done else ''}")
