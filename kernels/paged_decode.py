@@ -41,6 +41,7 @@ from minillm_kernels.common import aligned, check_aligned, dot_precision
 GROUP_ROWS = 16
 # Shortest partition worth a program of its own: below this the merge costs more than it saves.
 MIN_PARTITION_TOKENS = 256
+# Most partitions per sequence: the merge walks them one after another.
 MAX_SPLITS = 32
 # Programs per SM the split heuristic aims for (see choose_num_splits).
 PROGRAMS_PER_SM = 4
@@ -92,8 +93,9 @@ def paged_decode_split_kernel(
     q_offsets = seq.to(tl.int64) * stride_q_tok + heads[:, None] * stride_q_head + dims[None, :]
     q = tl.load(q_ptr + q_offsets, mask=row_in_group[:, None], other=0.0)
 
-    # Online softmax state per row: running max `m_i` and running sum `l_i` (both in log2 units),
-    # and the running un-normalised output `acc`, accumulated in float32 whatever the cache dtype.
+    # Online softmax state per row: running max `m_i` of the scores (log2 units), running sum
+    # `l_i` of exp2(score - m_i), and the un-normalised output `acc`, all float32 whatever the
+    # cache dtype.
     m_i = tl.full([GROUP_ROWS], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([GROUP_ROWS], dtype=tl.float32)
     acc = tl.zeros([GROUP_ROWS, HEAD_DIM], dtype=tl.float32)

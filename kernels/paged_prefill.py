@@ -53,6 +53,7 @@ def paged_prefill_kernel(
     BLOCK_N: tl.constexpr,         # keys per loop iteration (may span several cache blocks)
     DOT_PRECISION: tl.constexpr,   # "ieee" keeps float32 caches exact (no TF32 rounding)
 ):
+    """One program = one sequence x one block of BLOCK_M queries x one query head."""
     seq = tl.program_id(0)
     q_block = tl.program_id(1)
     head = tl.program_id(2)
@@ -73,6 +74,7 @@ def paged_prefill_kernel(
     q = tl.load(q_ptr + tokens[:, None] * stride_q_tok + head * stride_q_head + dims[None, :],
                 mask=row_valid[:, None], other=0.0)
 
+    # Online softmax state per row, as in the decode kernel: running max, running sum, output.
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)

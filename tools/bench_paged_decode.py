@@ -61,7 +61,7 @@ def refuse_without_cuda() -> None:
 
 
 def make_step(batch: int, context: int, args, dtype):
-    """Caches holding `batch` contexts of `context` tokens in shuffled blocks, plus one query each."""
+    """Caches holding `batch` contexts of `context` tokens in shuffled blocks; one query each."""
     import torch
 
     from minillm.attention.base import AttentionMetadata
