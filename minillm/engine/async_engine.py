@@ -41,22 +41,30 @@ class RequestStream:
     """What one request's handler reads: `async for output in stream` yields the newest
     cumulative `RequestOutput` each time the request progresses, the finished one last.
 
+    `interval` (vLLM's --stream-interval) wakes the reader only once every `interval` new
+    tokens (the first token and the end always): fewer, larger chunks cost the server and its
+    clients less per token. A non-streaming reader passes None: it only wants the end.
     Lives on the event loop: only the loop's thread calls its methods.
     """
 
-    def __init__(self, request_id: str):
-        self.request_id = request_id
+    def __init__(self, request_id: str, interval: int | None = 1):
+        self.request_id, self.interval = request_id, interval
         self.accepted: asyncio.Future = asyncio.get_running_loop().create_future()
         self.started = False  # has produced an output (so it is no longer waiting)
         self.finished = False
         self.last: RequestOutput | None = None  # the newest output returned to the reader
         self._latest: RequestOutput | None = None  # the newest output not read yet
         self._error: BaseException | None = None
-        self._ready = asyncio.Event()  # set when either of the two above is
+        self._tokens_read = 0  # of the first sample, when the reader last read
+        self._ready = asyncio.Event()  # set when the reader should look again
 
     def put(self, output: RequestOutput) -> None:
-        self._latest, self.started = output, True
-        self._ready.set()
+        self._latest = output
+        new_tokens = len(output.outputs[0].token_ids) - self._tokens_read
+        if output.finished or (self.interval is not None
+                               and (not self.started or new_tokens >= self.interval)):
+            self._ready.set()
+        self.started = True
 
     def fail(self, error: BaseException) -> None:
         if not self.accepted.done():
@@ -70,13 +78,14 @@ class RequestStream:
     async def __anext__(self) -> RequestOutput:
         if self.finished:
             raise StopAsyncIteration
-        if self._latest is None and self._error is None:
-            self._ready.clear()
-            await self._ready.wait()
-        if self._latest is None:  # an output not read yet goes out before the error
+        await self._ready.wait()
+        if self._latest is None:  # woken by fail(); an output not read yet goes out first
             self.finished = True
             raise self._error
+        if self._error is None:  # else stay awake: the error is the next thing to read
+            self._ready.clear()
         self.last, self._latest = self._latest, None
+        self._tokens_read = len(self.last.outputs[0].token_ids)
         self.finished = self.last.finished
         return self.last
 
@@ -129,13 +138,15 @@ class AsyncEngine:
         return sum(not stream.started for stream in self.streams.values())
 
     async def add_request(self, request_id: str, prompt: str | dict, params: SamplingParams,
-                          priority: int = 0, arrival_time: float | None = None) -> RequestStream:
-        """Queue a request; raises ValueError if the engine refuses it (nothing is left behind)."""
+                          priority: int = 0, arrival_time: float | None = None,
+                          stream_interval: int | None = 1) -> RequestStream:
+        """Queue a request; raises ValueError if the engine refuses it (nothing is left behind).
+        `stream_interval`: see `RequestStream`."""
         if not self.is_alive:
             raise RuntimeError(f"the engine loop is not running: {self.error!r}")
         if request_id in self.streams:
             raise ValueError(f"request id {request_id!r} is already in use")
-        stream = self.streams[request_id] = RequestStream(request_id)
+        stream = self.streams[request_id] = RequestStream(request_id, stream_interval)
         self._commands.put(_Add(stream, prompt, params, priority,
                                 arrival_time or time.monotonic()))
         try:

@@ -166,11 +166,12 @@ class RequestIdMiddleware:
 
 
 def build_app(engine: LLMEngine, served_model_names: list[str], api_key: str | None = None,
-              max_waiting_requests: int | None = None, log_requests: bool = True) -> FastAPI:
+              max_waiting_requests: int | None = None, stream_interval: int = 1,
+              log_requests: bool = True) -> FastAPI:
     """The FastAPI app around an engine; the engine thread runs while the app's lifespan does."""
     async_engine = AsyncEngine(engine)
     metrics = ServerMetrics(engine.stats, served_model_names[0])
-    serving = (async_engine, metrics, served_model_names, max_waiting_requests)
+    serving = (async_engine, metrics, served_model_names, max_waiting_requests, stream_interval)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -236,7 +237,7 @@ def main(args: argparse.Namespace) -> None:
     names = args.served_model_name or [args.model_tag or args.model or "minillm-tiny"]
     log_startup(engine, names)
     app = build_app(engine, names, args.api_key, args.max_waiting_requests,
-                    not args.disable_log_requests)
+                    args.stream_interval, not args.disable_log_requests)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.uvicorn_log_level,
                             access_log=False, timeout_graceful_shutdown=5)
     try:

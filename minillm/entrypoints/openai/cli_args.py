@@ -47,6 +47,24 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         g.add_argument(flag, action="store_true", help="accepted for vLLM compatibility; no effect")
 
 
+def engine_flags(args: argparse.Namespace) -> list[str]:
+    """The engine flags of `args` that differ from their defaults, as a command line again
+    (so `minillm bench serve` can start a server with the engine it was given)."""
+    parser = argparse.ArgumentParser()
+    add_engine_arguments(parser)
+    flags = []
+    for dest, default in vars(parser.parse_args([])).items():
+        value = getattr(args, dest, default)
+        if value == default:
+            continue
+        flag = "--" + dest.replace("_", "-")  # every engine flag is named after its dest
+        if isinstance(value, bool):
+            flags.append(flag if value else f"--no-{flag[2:]}")
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model_tag", nargs="?", default=None, metavar="MODEL",
                         help="checkpoint folder (same as --model)")
@@ -59,6 +77,8 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
                    help="require `Authorization: Bearer KEY` on /v1 endpoints")
     g.add_argument("--max-waiting-requests", type=int, default=1024,
                    help="answer 429 beyond this many requests waiting for their first token")
+    g.add_argument("--stream-interval", type=int, default=1,
+                   help="send a streamed chunk every N tokens (the first and last at once)")
     g.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="seconds SIGTERM waits for in-flight requests before aborting them")
     g.add_argument("--uvicorn-log-level", default="info",

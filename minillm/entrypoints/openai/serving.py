@@ -33,10 +33,11 @@ logger = logging.getLogger("minillm.server")
 
 class OpenAIServing:
     def __init__(self, engine: AsyncEngine, metrics: ServerMetrics, served_model_names: list[str],
-                 max_waiting_requests: int | None):
+                 max_waiting_requests: int | None, stream_interval: int = 1):
         self.engine, self.metrics = engine, metrics
         self.served_model_names = served_model_names
         self.max_waiting_requests = max_waiting_requests
+        self.stream_interval = stream_interval
         self.tokenizer = engine.engine.tokenizer
         self.max_model_len = engine.engine.max_model_len
 
@@ -86,16 +87,19 @@ class OpenAIServing:
 
     # -- the request's life -------------------------------------------------------------------
     async def start(self, request_id: str, prompts: list[dict], params: list[SamplingParams],
-                    priority: int) -> list[RequestStream]:
+                    priority: int, stream: bool) -> list[RequestStream]:
         """Add one engine request per prompt (ids `request_id`, or `request_id-i` for a batch);
-        all or none: if one is refused, those already added are aborted (400)."""
+        all or none: if one is refused, those already added are aborted (400). A streamed
+        response reads every `stream_interval` tokens, a whole one only the end."""
         self._admit(len(prompts))
         ids = [request_id] if len(prompts) == 1 else [f"{request_id}-{i}"
                                                         for i in range(len(prompts))]
         arrival, streams = time.monotonic(), []
+        interval = self.stream_interval if stream else None
         try:
             for rid, prompt, p in zip(ids, prompts, params):
-                streams.append(await self.engine.add_request(rid, prompt, p, priority, arrival))
+                streams.append(await self.engine.add_request(rid, prompt, p, priority, arrival,
+                                                             interval))
         except BaseException as e:
             for stream in streams:
                 self.engine.abort(stream.request_id)

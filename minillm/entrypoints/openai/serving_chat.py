@@ -31,7 +31,8 @@ class OpenAIServingChat(OpenAIServing):
         params = self.sampling_params(
             request, self.max_tokens(requested, len(prompt["prompt_token_ids"])), top)
         request_id = f"chatcmpl-{raw.state.request_id}"
-        streams = await self.start(request_id, [prompt], [params], request.priority)
+        streams = await self.start(request_id, [prompt], [params], request.priority,
+                                   request.stream)
         if request.stream:
             return StreamingResponse(self._stream(request, streams, request_id, model),
                                      media_type="text/event-stream")

@@ -29,7 +29,8 @@ class OpenAIServingCompletion(OpenAIServing):
         params = [self.sampling_params(request, self.max_tokens(
             request.max_tokens, len(p["prompt_token_ids"])), request.logprobs) for p in prompts]
         request_id = f"cmpl-{raw.state.request_id}"
-        streams = await self.start(request_id, prompts, params, request.priority)
+        streams = await self.start(request_id, prompts, params, request.priority,
+                                   request.stream)
         if request.stream:
             return StreamingResponse(self._stream(request, streams, request_id, model),
                                      media_type="text/event-stream")
