@@ -93,3 +93,21 @@ def test_abort_frees_blocks_and_ends_the_stream(engine):
 
     asyncio.run(main())
     assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+
+
+def test_stream_interval_batches_tokens(engine):
+    async def main():
+        loop = AsyncEngine(engine)
+        loop.start()
+        params = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
+        stream = await loop.add_request("r", "hello", params, stream_interval=4)
+        # wait until the engine is done, so every token is there to batch
+        seen = [len(o.outputs[0].token_ids) async for o in stream]
+        whole = await final(await loop.add_request("w", "hello", params, stream_interval=None))
+        loop.stop()
+        return seen, whole
+
+    seen, whole = asyncio.run(main())
+    assert seen[0] == 1 and seen[-1] == 10  # the first token at once, the end always
+    assert all(b - a >= 4 for a, b in zip(seen, seen[1:-1]))
+    assert whole.finished

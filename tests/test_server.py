@@ -5,6 +5,8 @@ this module; after each test, /metrics must show an empty KV cache and no reques
 """
 from __future__ import annotations
 
+import argparse
+
 import httpx
 import openai
 import pytest
@@ -217,3 +219,24 @@ def test_non_stream_disconnect_aborts(server):
     m = server.wait_idle()
     assert m["vllm:request_success_total{finished_reason=abort}"] == before + 1
     assert "aborted before it finished" in server.log()
+
+
+# -- the serving benchmark ----------------------------------------------------------------------
+def test_bench_serve_against_the_server(server, llama_checkpoint, tmp_path, monkeypatch):
+    from minillm.bench import serve
+
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    parser = argparse.ArgumentParser()
+    serve.add_arguments(parser)
+    args = parser.parse_args([
+        "--base-url", server.url, "--model", str(llama_checkpoint), "--num-prompts", "8",
+        "--random-input-len", "8", "--random-output-len", "6", "--max-concurrency", "4",
+        "--goodput", "ttft:100000", "--save-result", "--result-dir", str(tmp_path),
+        "--plot", str(tmp_path / "serve.png")])
+    result = serve.main(args)
+    assert result["completed"] == 8 and result["failed"] == 0
+    assert result["total_output_tokens"] == 8 * 6
+    assert result["request_goodput"] == pytest.approx(result["request_throughput"])
+    assert result["median_ttft_ms"] > 0 and result["p99_tpot_ms"] > 0
+    assert (tmp_path / "serve.png").stat().st_size > 0
+    assert len(list(tmp_path.glob("serve-*.json"))) == 1

@@ -125,7 +125,8 @@ async def run_clients(url: str, model: str, specs: list[RequestSpec], request_ra
     rng = np.random.default_rng(seed)
     connector = aiohttp.TCPConnector(limit=max_concurrency or len(specs))
     timeout = aiohttp.ClientTimeout(total=None)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout,
+                                     headers=auth_headers()) as session:
         async def one(spec: RequestSpec) -> RequestResult:
             async with gate:
                 return await send_request(session, url, model, spec)
@@ -219,6 +220,18 @@ def _wait_healthy(url: str, process: subprocess.Popen, timeout: float = 300) -> 
         except OSError:  # not listening yet, or 503
             time.sleep(0.5)
     raise RuntimeError(f"the server at {url} did not become healthy")
+
+
+def auth_headers() -> dict:
+    """`OPENAI_API_KEY`, as the openai client reads it, for a server started with --api-key."""
+    key = os.environ.get("OPENAI_API_KEY")
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def served_model(url: str) -> str:
+    request = urllib.request.Request(f"{url}/v1/models", headers=auth_headers())
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)["data"][0]["id"]
 
 
 def vocab_size(args: argparse.Namespace) -> int:
@@ -339,8 +352,7 @@ def main(args: argparse.Namespace) -> dict:
     specs = make_workload(args, vocab_size(args))
     launch = args.launch_server or args.base_url is None
     with launched_server(args) if launch else _given(args.base_url) as url:
-        with urllib.request.urlopen(f"{url}/v1/models", timeout=10) as response:
-            model = json.load(response)["data"][0]["id"]
+        model = served_model(url)
         results, duration = asyncio.run(run_clients(url, model, specs, args.request_rate,
                                                     args.max_concurrency, args.seed))
     result = summarize(results, duration, goodput)
