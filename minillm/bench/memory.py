@@ -19,15 +19,15 @@ CAPACITY = 32768  # token slots, e.g. 4 GiB of KV for Llama-3-8B in fp16 (128 Ki
 BLOCK_SIZE = 16
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-requests", type=int, default=NUM_REQUESTS)
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--arrival-rate", type=float, default=ARRIVAL_RATE)
     parser.add_argument("--capacity", type=int, default=CAPACITY, help="KV budget in token slots")
     parser.add_argument("--block-size", type=int, default=BLOCK_SIZE)
-    args = parser.parse_args(argv)
 
+
+def main(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     trace = sharegpt_like_trace(args.num_requests, args.seed, args.arrival_rate)
     results = compare(trace, args.capacity, block_size=args.block_size)
@@ -52,4 +52,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(prog="python -m minillm.bench.memory", description=__doc__)
+    add_arguments(parser)
+    main(parser.parse_args())

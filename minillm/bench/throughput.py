@@ -125,11 +125,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-json", default=None)
 
 
-def main(args: argparse.Namespace | None = None) -> dict:
-    if args is None or isinstance(args, list):
-        parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-        add_arguments(parser)
-        args = parser.parse_args(args)
+def main(args: argparse.Namespace) -> dict:
     from transformers import AutoModelForCausalLM
 
     llm = LLM(args.model, attention_backend="torch", max_num_seqs=args.max_num_seqs,
@@ -177,4 +173,7 @@ def report(r: dict, args) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(prog="python -m minillm.bench.throughput",
+                                     description=__doc__)
+    add_arguments(parser)
+    main(parser.parse_args())

@@ -22,8 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                                            required=True)
     for name, module in COMMANDS.items():
         group, _, leaf = name.rpartition(" ")
-        sub = (bench if group else commands).add_parser(leaf, help=f"see {module}")
-        importlib.import_module(module).add_arguments(sub)
+        command = importlib.import_module(module)
+        summary = (command.__doc__ or module).strip().splitlines()[0]
+        sub = (bench if group else commands).add_parser(leaf, help=summary, description=summary)
+        command.add_arguments(sub)
         sub.set_defaults(module=module)
     return parser
 
