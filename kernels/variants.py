@@ -1,8 +1,9 @@
 """Every kernel variant the Triton backend can launch, described for ahead-of-time compilation.
 
-A Triton kernel is compiled once per combination of argument types and `tl.constexpr` values.
-The backend's launches differ only in head dim and cache dtype (block size, head counts, lengths
-and strides are runtime integers), so this list is finite and small. The compile test and
+A Triton kernel is compiled once per combination of argument types, `tl.constexpr` values and
+alignment specialisations. The backend's launches differ only in head dim and cache dtype (block
+size, head counts, lengths and strides are runtime integers; alignments are fixed, see
+`divisibility_attrs`), so this list is finite and small. The compile test and
 `tools/kernel_report.py` compile each entry for real GPU targets with Triton's bundled `ptxas`,
 which needs no GPU: that proves every launch the backend can make compiles, and shows its
 register, spill and shared-memory budget.
