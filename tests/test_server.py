@@ -212,7 +212,7 @@ def test_stream_disconnect_aborts(server, client):
 def test_non_stream_disconnect_aborts(server):
     before = aborted(server)
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{server.url}/v1/completions", timeout=0.1,
+        httpx.post(f"{server.url}/v1/completions", timeout=0.05,
                    headers={"Authorization": f"Bearer {API_KEY}"},
                    json={"model": "tiny", "prompt": PROMPT, "max_tokens": 240,
                          "ignore_eos": True})
