@@ -21,7 +21,7 @@ from typing import AsyncIterator
 from fastapi import Request
 from pydantic import BaseModel
 
-from minillm.engine.async_engine import AsyncEngine, RequestStream
+from minillm.engine.async_engine import AsyncEngine, RequestAborted, RequestStream
 from minillm.entrypoints.openai.errors import OpenAIError
 from minillm.entrypoints.openai.metrics import ServerMetrics
 from minillm.entrypoints.openai.protocol import PromptTokensDetails, UsageInfo
@@ -105,6 +105,8 @@ class OpenAIServing:
                 self.engine.abort(stream.request_id)
             if isinstance(e, ValueError):
                 raise OpenAIError(400, str(e)) from e
+            if isinstance(e, (RequestAborted, RuntimeError)):  # shutting down, or loop dead
+                raise OpenAIError(503, str(e)) from e
             raise
         return streams
 
