@@ -200,7 +200,7 @@ def launched_server(args: argparse.Namespace):
     command = [sys.executable, "-m", "minillm.entrypoints.openai.api_server", "--host",
                "127.0.0.1", "--port", str(port), "--served-model-name", args.served_model_name,
                "--disable-log-requests", "--max-waiting-requests", str(args.num_prompts),
-               *engine_flags(args)]
+               "--stream-interval", str(args.stream_interval), *engine_flags(args)]
     process = subprocess.Popen(command)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -315,6 +315,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="start minillm serve with the engine flags below (default without "
                         "--base-url)")
     g.add_argument("--served-model-name", default="minillm")
+    g.add_argument("--stream-interval", type=int, default=1,
+                   help="the launched server's --stream-interval")
     g.add_argument("--dataset-name", default="random", choices=["random", "shared-prefix"])
     g.add_argument("--num-prompts", type=int, default=256)
     g.add_argument("--random-input-len", type=int, default=128)
@@ -360,7 +362,8 @@ def main(args: argparse.Namespace) -> dict:
     result |= {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(),
                "model_id": args.model or "minillm-tiny", "num_prompts": args.num_prompts,
                "request_rate": args.request_rate, "max_concurrency": args.max_concurrency,
-               "goodput_limits_ms": goodput, "engine_flags": engine_flags(args)}
+               "goodput_limits_ms": goodput, "engine_flags": engine_flags(args),
+               "stream_interval": args.stream_interval if launch else None}
     if args.compare_offline:  # after the server stopped: the engine has the machine to itself
         result["offline_output_throughput"] = run_offline(args, specs)
         result["server_to_offline_ratio"] = (result["output_throughput"]
