@@ -82,7 +82,7 @@ def chapter_pages() -> list[str]:
 
 def other_pages() -> list[str]:
     pages = [""]  # the home page
-    for sub in ("labs", "benchmarks", "api", "model", "kernels", "deployment"):
+    for sub in ("labs", "benchmarks", "api", "model", "kernels", "serving", "deployment"):
         pages += sorted(f"{p.parent.relative_to(SITE).as_posix()}/"
                         for p in SITE.glob(f"{sub}/**/index.html"))
     return pages

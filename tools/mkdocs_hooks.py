@@ -24,7 +24,7 @@ from mkdocs.structure.files import File
 
 log = logging.getLogger("mkdocs.hooks.minillm")
 ROOT = Path(__file__).resolve().parent.parent
-PENDING = {"model.md", "kernels.md", "deployment.md"}  # written by other tasks; in the nav once they exist
+PENDING = {"model.md", "kernels.md", "serving.md", "deployment.md"}  # written by other tasks; in the nav once they exist
 
 
 def chapter_files() -> list[Path]:
