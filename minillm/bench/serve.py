@@ -12,9 +12,9 @@ a `--max-concurrency` cap, and time every chunk:
 Goodput counts only the requests within every `--goodput` limit (`ttft:500 tpot:50`, in ms).
 
 Without `--base-url` it starts its own server on loopback (`--launch-server`), with the engine
-flags given here, and stops it afterwards. `--compare-offline` then runs the very same requests
-through `LLM.generate` in this process, once the server is gone, and reports the ratio of
-output-token throughputs: what the HTTP layer costs.
+flags given here, and stops it afterwards. `--compare-offline` also runs the very same requests
+through `LLM.generate` in this process, before the server starts and after it stops, and
+reports the ratio of output-token throughputs: what the HTTP layer costs.
 
     minillm bench serve --max-concurrency 64 --num-prompts 512 --compare-offline \\
         --save-result --plot serve.png
@@ -276,6 +276,8 @@ def print_report(result: dict) -> None:
     if result.get("offline_output_throughput"):
         print("{s:{c}^50}".format(s=" Server vs offline engine ", c="-"))
         line("Offline output throughput (tok/s):", f"{result['offline_output_throughput']:.2f}")
+        line("  (runs before and after the server):",
+             " / ".join(f"{x:.2f}" for x in result["offline_runs"]))
         line("Server / offline:", f"{result['server_to_offline_ratio']:.3f}")
     for error in result["errors"]:
         print("error:", error)
@@ -352,11 +354,16 @@ def parse_goodput(items: list[str]) -> dict[str, float]:
 def main(args: argparse.Namespace) -> dict:
     goodput = parse_goodput(args.goodput)
     specs = make_workload(args, vocab_size(args))
+    # The offline runs go before and after the server's, each with the machine to itself (and
+    # a fresh engine, so no prefix cache carries over): their mean evens out background load
+    # that drifts during the run.
+    offline = [run_offline(args, specs)] if args.compare_offline else []
     launch = args.launch_server or args.base_url is None
     with launched_server(args) if launch else _given(args.base_url) as url:
         model = served_model(url)
         results, duration = asyncio.run(run_clients(url, model, specs, args.request_rate,
                                                     args.max_concurrency, args.seed))
+    offline += [run_offline(args, specs)] if args.compare_offline else []
     result = summarize(results, duration, goodput)
     samples = result.pop("_samples_ms")
     result |= {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(),
@@ -364,8 +371,9 @@ def main(args: argparse.Namespace) -> dict:
                "request_rate": args.request_rate, "max_concurrency": args.max_concurrency,
                "goodput_limits_ms": goodput, "engine_flags": engine_flags(args),
                "stream_interval": args.stream_interval if launch else None}
-    if args.compare_offline:  # after the server stopped: the engine has the machine to itself
-        result["offline_output_throughput"] = run_offline(args, specs)
+    if offline:
+        result["offline_runs"] = offline
+        result["offline_output_throughput"] = sum(offline) / len(offline)
         result["server_to_offline_ratio"] = (result["output_throughput"]
                                              / result["offline_output_throughput"])
     print_report(result)
