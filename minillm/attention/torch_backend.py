@@ -41,21 +41,23 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     keys = k_cache[tables].flatten(1, 2)[:, :max_len].transpose(1, 2)  # [S, Hkv, L, D]
     values = v_cache[tables].flatten(1, 2)[:, :max_len].transpose(1, 2)
     q = q.view(num_seqs, num_kv_heads, num_heads // num_kv_heads, dim)  # query groups per KV head
-    scores = torch.matmul(q, keys.transpose(-1, -2)).float() * scale  # [S, Hkv, G, L]
-    padding = torch.arange(max_len, device=q.device)[None, :] >= seq_lens[:, None]
-    scores.masked_fill_(padding[:, None, None, :], float("-inf"))
-    out = torch.matmul(torch.softmax(scores, dim=-1).to(values.dtype), values)
+    in_context = torch.arange(max_len, device=q.device)[None, :] < seq_lens[:, None]
+    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=in_context[:, None, None, :],
+                                         scale=scale)
     return out.reshape(num_seqs, num_heads, dim)
 
 
 def paged_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                   block_table: torch.Tensor, seq_len: int, scale: float) -> torch.Tensor:
     """A chunk of one sequence's queries, causal over its cached prefix and itself."""
-    keys = gather_context(k_cache, block_table, seq_len)
-    values = gather_context(v_cache, block_table, seq_len)
+    group = q.shape[1] // k_cache.shape[2]  # query heads per KV head
+    keys = gather_context(k_cache, block_table, seq_len).repeat_interleave(group, dim=1)
+    values = gather_context(v_cache, block_table, seq_len).repeat_interleave(group, dim=1)
+    no_prefix = q.shape[0] == seq_len  # plain causal: the fast path of SDPA
     out = F.scaled_dot_product_attention(
-        q.transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1),
-        attn_mask=causal_mask(q.shape[0], seq_len, q.device), scale=scale, enable_gqa=True)
+        q.transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1), scale=scale,
+        attn_mask=None if no_prefix else causal_mask(q.shape[0], seq_len, q.device),
+        is_causal=no_prefix)
     return out.transpose(0, 1)
 
 
