@@ -26,6 +26,7 @@ import asyncio
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -165,8 +166,9 @@ def summarize(results: list[RequestResult], duration: float, goodput: dict[str, 
     return summary
 
 
-def run_offline(args: argparse.Namespace, specs: list[RequestSpec]) -> float:
-    """Output tokens/s of `LLM.generate` on the same requests and engine flags."""
+def run_offline(args: argparse.Namespace, specs: list[RequestSpec]) -> tuple[float, float]:
+    """Output tokens/s of `LLM.generate` on the same requests and engine flags, and its CPU
+    seconds per 1000 output tokens."""
     from minillm import LLM, SamplingParams
 
     llm = LLM(args.model, dtype=args.dtype, device=args.device, max_model_len=args.max_model_len,
@@ -183,15 +185,17 @@ def run_offline(args: argparse.Namespace, specs: list[RequestSpec]) -> float:
     params = [SamplingParams(temperature=0, max_tokens=s.output_len, ignore_eos=True)
               for s in specs]
     llm.generate(prompts[:1], [SamplingParams(max_tokens=4)], use_tqdm=False)  # warm-up
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     outputs = llm.generate(prompts, params, use_tqdm=False)
-    elapsed = time.perf_counter() - start
-    return sum(len(o.outputs[0].token_ids) for o in outputs) / elapsed
+    elapsed, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+    tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+    return tokens / elapsed, 1000 * cpu / tokens
 
 
 @contextmanager
 def launched_server(args: argparse.Namespace):
-    """`minillm serve` on a free loopback port with this run's engine flags; yields its URL."""
+    """`minillm serve` on a free loopback port with this run's engine flags; yields its URL
+    and process id."""
     import socket
 
     with socket.socket() as s:
@@ -205,7 +209,7 @@ def launched_server(args: argparse.Namespace):
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, process)
-        yield url
+        yield url, process.pid
     finally:
         process.terminate()
         process.wait(60)
@@ -220,6 +224,18 @@ def _wait_healthy(url: str, process: subprocess.Popen, timeout: float = 300) -> 
         except OSError:  # not listening yet, or 503
             time.sleep(0.5)
     raise RuntimeError(f"the server at {url} did not become healthy")
+
+
+def cpu_seconds(pid: int | None = None) -> float | None:
+    """CPU time (user + system) of a process: this one, or another one (Linux /proc only)."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def auth_headers() -> dict:
@@ -279,6 +295,10 @@ def print_report(result: dict) -> None:
         line("  (runs before and after the server):",
              " / ".join(f"{x:.2f}" for x in result["offline_runs"]))
         line("Server / offline:", f"{result['server_to_offline_ratio']:.3f}")
+    print("{s:{c}^50}".format(s=" CPU seconds per 1000 output tokens ", c="-"))
+    for side in ("server", "client", "offline"):
+        if result.get(f"{side}_cpu_s_per_1k_tokens") is not None:
+            line(f"{side.capitalize()}:", f"{result[f'{side}_cpu_s_per_1k_tokens']:.3f}")
     for error in result["errors"]:
         print("error:", error)
     print("=" * 50)
@@ -359,21 +379,32 @@ def main(args: argparse.Namespace) -> dict:
     # that drifts during the run.
     offline = [run_offline(args, specs)] if args.compare_offline else []
     launch = args.launch_server or args.base_url is None
-    with launched_server(args) if launch else _given(args.base_url) as url:
+    with launched_server(args) if launch else _given(args.base_url) as (url, pid):
         model = served_model(url)
+        server_cpu = cpu_seconds(pid) if pid else None  # only a server launched here
+        client_cpu = cpu_seconds()
         results, duration = asyncio.run(run_clients(url, model, specs, args.request_rate,
                                                     args.max_concurrency, args.seed))
+        client_cpu = cpu_seconds() - client_cpu
+        if server_cpu is not None:
+            server_cpu = cpu_seconds(pid) - server_cpu
     offline += [run_offline(args, specs)] if args.compare_offline else []
     result = summarize(results, duration, goodput)
     samples = result.pop("_samples_ms")
+    per_1k = 1000 / max(1, result["total_output_tokens"])
     result |= {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(),
                "model_id": args.model or "minillm-tiny", "num_prompts": args.num_prompts,
                "request_rate": args.request_rate, "max_concurrency": args.max_concurrency,
                "goodput_limits_ms": goodput, "engine_flags": engine_flags(args),
-               "stream_interval": args.stream_interval if launch else None}
+               "stream_interval": args.stream_interval if launch else None,
+               # CPU seconds per 1000 output tokens: what each side costs, whatever else runs
+               "server_cpu_s_per_1k_tokens": server_cpu * per_1k if server_cpu else None,
+               "client_cpu_s_per_1k_tokens": client_cpu * per_1k}
     if offline:
-        result["offline_runs"] = offline
-        result["offline_output_throughput"] = sum(offline) / len(offline)
+        speeds = [speed for speed, _ in offline]
+        result["offline_runs"] = speeds
+        result["offline_output_throughput"] = sum(speeds) / len(speeds)
+        result["offline_cpu_s_per_1k_tokens"] = sum(c for _, c in offline) / len(offline)
         result["server_to_offline_ratio"] = (result["output_throughput"]
                                              / result["offline_output_throughput"])
     print_report(result)
@@ -396,7 +427,7 @@ def _save(args: argparse.Namespace, result: dict, samples: dict) -> None:
 
 @contextmanager
 def _given(url: str):
-    yield url.rstrip("/")
+    yield url.rstrip("/"), None
 
 
 if __name__ == "__main__":
