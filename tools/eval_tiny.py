@@ -4,7 +4,8 @@
 Recomputes the numbers quoted in docs/model.md and the model card:
   * held-out loss and perplexity on data/austen/valid (never trained on),
   * the same loss on an equally long stretch of the training split (to show the gap),
-  * sample continuations, greedy (temperature 0) and sampled (temperature 0.8, fixed seed).
+  * sample continuations, greedy (temperature 0) and sampled (temperature 0.8, fixed seed),
+  * greedy replies through the chat template.
 
     python tools/get_corpus.py          # once, if data/austen/ is missing
     python tools/eval_tiny.py [--model minillm/assets/minillm-tiny]
@@ -28,6 +29,7 @@ PROMPTS = [
     "The weather was so fine that",
     "\"My dear Emma,\" said Mr. Knightley,",
 ]
+CHAT = ["How do you do?", "Will you walk with me this evening?", "What do you think of him?"]
 
 
 def sample(model, tokenizer, prompt: str, temperature: float, seed: int, max_new_tokens: int) -> str:
@@ -37,6 +39,15 @@ def sample(model, tokenizer, prompt: str, temperature: float, seed: int, max_new
     kwargs = {"do_sample": True, "temperature": temperature, "top_k": 0} if temperature > 0 \
         else {"do_sample": False}
     out = model.generate(ids, max_new_tokens=max_new_tokens, **kwargs)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def chat(model, tokenizer, message: str, max_new_tokens: int) -> str:
+    """One greedy chat turn through the chat template; stops at <|end|> (generation_config)."""
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": message}],
+                                        add_generation_prompt=True, return_tensors="pt",
+                                        return_dict=True)["input_ids"]
+    out = model.generate(ids, do_sample=False, max_new_tokens=max_new_tokens)
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
@@ -70,6 +81,9 @@ def main() -> None:
         for prompt in PROMPTS:
             text = sample(model, tokenizer, prompt, temperature, args.seed, args.max_new_tokens)
             print(f"{prompt}|{text}\n")
+    print("--- chat, greedy")
+    for message in CHAT:
+        print(f"user: {message}\nassistant: {chat(model, tokenizer, message, args.max_new_tokens)}\n")
 
 
 if __name__ == "__main__":

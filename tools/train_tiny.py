@@ -3,11 +3,13 @@
 
 This is the whole recipe behind the model bundled in minillm/assets/minillm-tiny/:
 
-  1. read the corpus written by tools/get_corpus.py (Jane Austen's novels, one paragraph a
-     line-pair; train/ and valid/ are disjoint),
+  1. read the corpus written by tools/get_corpus.py (Jane Austen's novels, paragraphs
+     separated by blank lines; train/ and valid/ are disjoint),
   2. train a 4096-token byte-level BPE tokenizer on train/ with the `tokenizers` library,
   3. turn every paragraph into  <|endoftext|> paragraph-tokens  and concatenate them into
-     one long token stream per split,
+     one long token stream per split; the training stream also gets ~1,100 two-turn "chats"
+     made of consecutive lines of dialogue from the novels, in the chat template's format,
+     so that the chat endpoint answers instead of stopping at once,
   4. train transformers' LlamaForCausalLM (grouped-query attention, tied embeddings) on
      256-token windows of that stream with AdamW and a warmup + cosine learning rate,
   5. report the held-out loss and save a Hugging Face checkpoint folder (float16 weights).
@@ -16,8 +18,9 @@ Everything is seeded and runs on one thread with deterministic algorithms, so th
 command on the same machine gives the same numbers.
 
     python tools/get_corpus.py                       # once: writes data/austen/
-    python tools/train_tiny.py --smoke               # 1-2 minutes: is the loss going down?
-    python tools/train_tiny.py                       # the real run (~40 min on one core)
+    python tools/train_tiny.py --smoke               # ~2 minutes: is the loss going down?
+    python tools/train_tiny.py                       # the real run (~35 min on one core)
+    python tools/eval_tiny.py                        # held-out perplexity and samples
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import argparse
 import json
 import math
 import platform
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -97,6 +101,30 @@ def encode_split(tokenizer, paragraphs: list[str]) -> torch.Tensor:
     """
     ids = tokenizer(paragraphs, add_special_tokens=True, verbose=False)["input_ids"]   # each starts with BOS
     return torch.tensor([t for p in ids for t in p], dtype=torch.long)
+
+
+def dialogue_chats(tokenizer, paragraphs: list[str], max_words: int = 60) -> list[str]:
+    """Two consecutive paragraphs of pure speech, rendered as a user turn and a reply.
+
+    In a novel, two quoted paragraphs in a row are (nearly always) two people talking to each
+    other. This is the only "instruction tuning" minillm-tiny gets: it teaches the chat format
+    (<|user|> ... <|end|> <|assistant|> ... <|end|>), not helpfulness.
+    """
+    speech = re.compile(r'^"([^"]+)"$')            # a whole paragraph inside one pair of quotes
+    chats = []
+    for first, second in zip(paragraphs, paragraphs[1:]):
+        a, b = speech.match(first), speech.match(second)
+        if a and b and len(first.split()) <= max_words and len(second.split()) <= max_words:
+            messages = [{"role": "user", "content": a.group(1)},
+                        {"role": "assistant", "content": b.group(1)}]
+            chats.append(tokenizer.apply_chat_template(messages, tokenize=False))
+    return chats
+
+
+def encode_chats(tokenizer, chats: list[str]) -> torch.Tensor:
+    """The rendered chats already start with <|endoftext|>: add no second one."""
+    ids = tokenizer(chats, add_special_tokens=False, verbose=False)["input_ids"]
+    return torch.tensor([t for c in ids for t in c], dtype=torch.long)
 
 
 def train_windows(stream: torch.Tensor, seq_len: int) -> torch.Tensor:
@@ -285,11 +313,14 @@ def main() -> None:
     train_text = read_paragraphs(args.data / "train")
     valid_text = read_paragraphs(args.data / "valid")
     tokenizer = train_tokenizer(train_text, args.vocab_size)
-    train_stream = encode_split(tokenizer, train_text)
+    chats = dialogue_chats(tokenizer, train_text)
+    # The held-out stream is prose only, so its loss measures the same thing in every run.
+    train_stream = torch.cat([encode_split(tokenizer, train_text), encode_chats(tokenizer, chats)])
     valid_stream = encode_split(tokenizer, valid_text)
     windows = train_windows(train_stream, args.seq_len)
-    print(f"corpus: {len(train_text)} train / {len(valid_text)} held-out paragraphs, "
-          f"{len(train_stream):,} / {len(valid_stream):,} tokens, {len(windows)} train windows")
+    print(f"corpus: {len(train_text)} train paragraphs + {len(chats)} dialogue chats / "
+          f"{len(valid_text)} held-out paragraphs, {len(train_stream):,} / "
+          f"{len(valid_stream):,} tokens, {len(windows)} train windows")
 
     model = build_model(len(tokenizer), args, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
