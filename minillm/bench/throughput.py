@@ -122,12 +122,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-num-seqs", type=int, default=256)
     parser.add_argument("--max-num-batched-tokens", type=int, default=2048)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads for every run (default: torch's choice)")
     parser.add_argument("--output-json", default=None)
 
 
 def main(args: argparse.Namespace) -> dict:
     from transformers import AutoModelForCausalLM
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     llm = LLM(args.model, attention_backend="torch", max_num_seqs=args.max_num_seqs,
               max_num_batched_tokens=args.max_num_batched_tokens, seed=args.seed)
     work = make_workload(args.num_requests, llm.engine.model.config.vocab_size, args.min_len,
