@@ -52,7 +52,7 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], prompt_ids: list[
     if any(p.repetition_penalty != 1 or p.frequency_penalty or p.presence_penalty for p in params):
         logits = apply_penalties(logits, prompt_ids, output_ids, *_penalty_tensors(params, logits))
     greedy_ids = logits.argmax(dim=-1).tolist()
-    probs = _sampling_probs(logits, params)
+    probs = None if all(p.greedy for p in params) else _sampling_probs(logits, params)
     token_ids = [greedy_ids[row] if p.greedy else _draw(probs[row], generator)
                  for row, (p, generator) in enumerate(zip(params, generators))]
     chosen = raw_logprobs.gather(1, torch.tensor(token_ids, device=logits.device)[:, None])
