@@ -216,8 +216,7 @@ class LLMEngine:
             child = Sequence(seq.token_ids, self.config.block_size, seq.params, seq.request_id,
                              index, seq.priority, seq.arrival_time)
             self.block_manager.fork(seq, child)
-            child.status = seq.status
-            self.scheduler.running.append(child)
+            self.scheduler.add_running(child)
             self._attach(request, child)
             children.append(child)
         return [seq, *children]
