@@ -103,8 +103,10 @@ def main() -> int:
         problems += signature_problems(test.parent / starter, reference)
 
     plugin = TaskOutcomes()
-    pytest.main([str(LABS), "-q", "-p", "no:cacheprovider", "--no-header", "-o",
-                 "addopts=", "--tb=no", "-rN"], plugins=[plugin])
+    pytest.main([str(LABS), "-p", "no:terminal", "-p", "no:cacheprovider", "-o",
+                 "addopts="], plugins=[plugin])
+    if not plugin.outcomes:
+        problems.append("no lab test ran against the starter files")
     print(f"\n{'task':10} {'failed':>7} {'passed':>7}  against the starter files")
     for task in sorted(plugin.outcomes, key=lambda t: [int(x) if x.isdigit() else x
                                                        for x in t[4:].split("_")]):
