@@ -50,19 +50,30 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
 def paged_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                   block_table: torch.Tensor, seq_len: int, scale: float) -> torch.Tensor:
     """A chunk of one sequence's queries, causal over its cached prefix and itself."""
-    group = q.shape[1] // k_cache.shape[2]  # query heads per KV head
-    keys = gather_context(k_cache, block_table, seq_len).repeat_interleave(group, dim=1)
-    values = gather_context(v_cache, block_table, seq_len).repeat_interleave(group, dim=1)
-    no_prefix = q.shape[0] == seq_len  # plain causal: the fast path of SDPA
+    keys = gather_context(k_cache, block_table, seq_len)
+    values = gather_context(v_cache, block_table, seq_len)
+    return causal_attention(q, keys, values, scale)
+
+
+def causal_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                     scale: float) -> torch.Tensor:
+    """q: the last q.shape[0] of the keys' positions. [T, Hq, D], [L, Hkv, D] -> [T, Hq, D]."""
+    group = q.shape[1] // keys.shape[1]  # query heads per KV head
+    keys, values = keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1)
+    no_prefix = q.shape[0] == keys.shape[0]  # plain causal: the fast path of SDPA
     out = F.scaled_dot_product_attention(
         q.transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1), scale=scale,
-        attn_mask=None if no_prefix else causal_mask(q.shape[0], seq_len, q.device),
+        attn_mask=None if no_prefix else causal_mask(q.shape[0], keys.shape[0], q.device),
         is_causal=no_prefix)
     return out.transpose(0, 1)
 
 
+DECODE_GROUP = 64  # decodes gathered into one padded batch; sorted by length, they pad less
+
+
 class TorchAttentionBackend(AttentionBackend):
-    """Decodes are batched into one gathered, masked attention; prefill chunks go one by one."""
+    """Decodes are batched into gathered, masked attentions; prefill chunks go one by one,
+    through the block table when part of the sequence is already cached."""
 
     name = "torch"
 
@@ -71,12 +82,18 @@ class TorchAttentionBackend(AttentionBackend):
         out = torch.empty_like(q)
         starts, query_lens = meta.query_start_loc[:-1], meta.query_start_loc.diff()
         decode = query_lens == 1
-        if decode.any():
-            rows = starts[decode].long()
-            out[rows] = paged_decode(q[rows], k_cache, v_cache, meta.block_tables[decode],
-                                     meta.seq_lens[decode], scale)
+        decodes = torch.nonzero(decode).flatten()
+        decodes = decodes[meta.seq_lens[decodes].argsort()]  # similar lengths share padding
+        for group in decodes.split(DECODE_GROUP) if len(decodes) else []:
+            rows = starts[group].long()
+            out[rows] = paged_decode(q[rows], k_cache, v_cache, meta.block_tables[group],
+                                     meta.seq_lens[group], scale)
         for i in torch.nonzero(~decode).flatten().tolist():
-            lo, hi = int(starts[i]), int(starts[i] + query_lens[i])
-            out[lo:hi] = paged_prefill(q[lo:hi], k_cache, v_cache, meta.block_tables[i],
-                                       int(meta.seq_lens[i]), scale)
+            lo, hi = int(meta.query_start_loc[i]), int(meta.query_start_loc[i + 1])
+            seq_len = int(meta.seq_lens[i])
+            if hi - lo == seq_len:  # nothing cached before this chunk: its own k, v are all
+                out[lo:hi] = causal_attention(q[lo:hi], k[lo:hi], v[lo:hi], scale)
+            else:
+                out[lo:hi] = paged_prefill(q[lo:hi], k_cache, v_cache, meta.block_tables[i],
+                                           seq_len, scale)
         return out
