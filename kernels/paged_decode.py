@@ -36,6 +36,7 @@ import triton
 import triton.language as tl
 
 from minillm_kernels.common import aligned, check_aligned, dot_precision
+from minillm_kernels.paged_kv import load_kv_tile
 
 # Query rows of one stage-1 program: the padded GQA group (tl.dot needs M >= 16).
 GROUP_ROWS = 16
@@ -104,15 +105,8 @@ def paged_decode_split_kernel(
     for tile_start in range(start, end, TILE_N):
         pos = tile_start + tl.arange(0, TILE_N)       # logical positions in the sequence
         in_range = pos < end                           # the last tile may be partial
-        # Each position finds its physical block through the block table, so a tile may span
-        # several (non-adjacent) blocks. int64 before multiplying by the block stride.
-        block = tl.load(block_table + pos // block_size, mask=in_range, other=0)
-        kv_offsets = (block.to(tl.int64) * stride_c_block + (pos % block_size) * stride_c_slot
-                      + kv_head * stride_c_head)
-        k = tl.load(k_cache_ptr + kv_offsets[:, None] + dims[None, :],
-                    mask=in_range[:, None], other=0.0)
-        v = tl.load(v_cache_ptr + kv_offsets[:, None] + dims[None, :],
-                    mask=in_range[:, None], other=0.0)
+        k, v = load_kv_tile(k_cache_ptr, v_cache_ptr, block_table, pos, in_range, dims,
+                            block_size, stride_c_block, stride_c_slot, kv_head * stride_c_head)
 
         scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2e
         scores = tl.where(in_range[None, :], scores, float("-inf"))

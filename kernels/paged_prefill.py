@@ -29,6 +29,7 @@ import triton
 import triton.language as tl
 
 from minillm_kernels.common import aligned, check_aligned, dot_precision
+from minillm_kernels.paged_kv import load_kv_tile
 
 
 # Arguments whose value or alignment varies from launch to launch are not specialised on, so one
@@ -85,13 +86,8 @@ def paged_prefill_kernel(
     for tile_start in range(0, kv_end, BLOCK_N):
         pos = tile_start + tl.arange(0, BLOCK_N)
         in_range = pos < kv_end
-        block = tl.load(block_table + pos // block_size, mask=in_range, other=0)
-        kv_offsets = (block.to(tl.int64) * stride_c_block + (pos % block_size) * stride_c_slot
-                      + kv_head * stride_c_head)
-        k = tl.load(k_cache_ptr + kv_offsets[:, None] + dims[None, :],
-                    mask=in_range[:, None], other=0.0)
-        v = tl.load(v_cache_ptr + kv_offsets[:, None] + dims[None, :],
-                    mask=in_range[:, None], other=0.0)
+        k, v = load_kv_tile(k_cache_ptr, v_cache_ptr, block_table, pos, in_range, dims,
+                            block_size, stride_c_block, stride_c_slot, kv_head * stride_c_head)
 
         scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2e
         visible = (pos[None, :] <= q_pos[:, None]) & in_range[None, :]
