@@ -29,7 +29,7 @@ class EngineConfig:
     max_model_len: int | None = None  # prompt + output tokens; None = min(model's, 4096)
     block_size: int = 16
     enable_prefix_caching: bool = True
-    attention_backend: str = "auto"  # "auto", "torch" or "triton"
+    attention_backend: str = "auto"  # "auto", "torch", "cpu" or "triton"
     gpu_memory_utilization: float = 0.9  # share of GPU memory for weights + KV cache
     kv_cache_memory_bytes: int | None = None  # explicit KV budget (CPU default: 1 GiB)
     num_gpu_blocks_override: int | None = None  # exact number of KV blocks (tests, lessons)

@@ -50,15 +50,27 @@ class AttentionBackend(ABC):
         """
 
 
-def get_backend(name: str = "auto", device: torch.device | str = "cpu") -> AttentionBackend:
-    """`"torch"`, `"triton"`, or `"auto"`: Triton kernels on CUDA, the torch reference elsewhere."""
+def get_backend(name: str = "auto", device: torch.device | str = "cpu", *,
+                dtype: torch.dtype = torch.float32, head_dim: int = 64,
+                block_size: int = 16) -> AttentionBackend:
+    """`"torch"`, `"cpu"`, `"triton"`, or `"auto"`: Triton kernels on CUDA; on a CPU the compiled
+    C decode kernel where it builds for this model (head dim, block size, cache dtype), else the
+    torch reference."""
     device = torch.device(device)
     if name == "auto":
-        name = "triton" if device.type == "cuda" else "torch"
+        from minillm.attention import cpu_backend
+        if device.type == "cuda":
+            name = "triton"
+        else:
+            name = "cpu" if cpu_backend.available(head_dim, block_size, dtype) else "torch"
     if name == "torch":
         from minillm.attention.torch_backend import TorchAttentionBackend
         return TorchAttentionBackend()
+    if name == "cpu":
+        from minillm.attention.cpu_backend import CpuAttentionBackend
+        return CpuAttentionBackend(head_dim, block_size, dtype)
     if name == "triton":
         from minillm.attention.triton_backend import TritonAttentionBackend
         return TritonAttentionBackend()
-    raise ValueError(f"unknown attention_backend {name!r}: choose 'auto', 'torch' or 'triton'")
+    raise ValueError(f"unknown attention_backend {name!r}: choose 'auto', 'torch', 'cpu' or "
+                     f"'triton'")

@@ -58,14 +58,14 @@ def paged_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
 def causal_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                      scale: float) -> torch.Tensor:
     """q: the last q.shape[0] of the keys' positions. [T, Hq, D], [L, Hkv, D] -> [T, Hq, D]."""
-    group = q.shape[1] // keys.shape[1]  # query heads per KV head
-    keys, values = keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1)
     no_prefix = q.shape[0] == keys.shape[0]  # plain causal: the fast path of SDPA
+    # A leading batch dimension of 1: PyTorch's CPU flash kernel only serves 4-D inputs (the
+    # 3-D path is several times slower from ~200 tokens on).
     out = F.scaled_dot_product_attention(
-        q.transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1), scale=scale,
-        attn_mask=None if no_prefix else causal_mask(q.shape[0], keys.shape[0], q.device),
-        is_causal=no_prefix)
-    return out.transpose(0, 1)
+        q.transpose(0, 1)[None], keys.transpose(0, 1)[None], values.transpose(0, 1)[None],
+        scale=scale, is_causal=no_prefix, enable_gqa=True,
+        attn_mask=None if no_prefix else causal_mask(q.shape[0], keys.shape[0], q.device))
+    return out[0].transpose(0, 1)
 
 
 DECODE_GROUP = 64  # decodes gathered into one padded batch; sorted by length, they pad less
@@ -81,14 +81,12 @@ class TorchAttentionBackend(AttentionBackend):
         store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
         out = torch.empty_like(q)
         starts, query_lens = meta.query_start_loc[:-1], meta.query_start_loc.diff()
-        decode = query_lens == 1
-        decodes = torch.nonzero(decode).flatten()
-        decodes = decodes[meta.seq_lens[decodes].argsort()]  # similar lengths share padding
-        for group in decodes.split(DECODE_GROUP) if len(decodes) else []:
-            rows = starts[group].long()
-            out[rows] = paged_decode(q[rows], k_cache, v_cache, meta.block_tables[group],
-                                     meta.seq_lens[group], scale)
-        for i in torch.nonzero(~decode).flatten().tolist():
+        decodes = torch.nonzero(query_lens == 1).flatten()
+        if len(decodes):
+            rows = starts[decodes].long()
+            out[rows] = self.decode(q[rows], k_cache, v_cache, meta.block_tables[decodes],
+                                    meta.seq_lens[decodes], scale)
+        for i in torch.nonzero(query_lens > 1).flatten().tolist():
             lo, hi = int(meta.query_start_loc[i]), int(meta.query_start_loc[i + 1])
             seq_len = int(meta.seq_lens[i])
             if hi - lo == seq_len:  # nothing cached before this chunk: its own k, v are all
@@ -96,4 +94,13 @@ class TorchAttentionBackend(AttentionBackend):
             else:
                 out[lo:hi] = paged_prefill(q[lo:hi], k_cache, v_cache, meta.block_tables[i],
                                            seq_len, scale)
+        return out
+
+    def decode(self, q, k_cache, v_cache, block_tables, seq_lens, scale) -> torch.Tensor:
+        """The single-query sequences of a step: q [S, Hq, D] -> [S, Hq, D]."""
+        out = torch.empty_like(q)
+        order = seq_lens.argsort()  # similar lengths share padding
+        for group in order.split(DECODE_GROUP):
+            out[group] = paged_decode(q[group], k_cache, v_cache, block_tables[group],
+                                      seq_lens[group], scale)
         return out

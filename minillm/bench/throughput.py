@@ -121,6 +121,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hf-static-requests", type=int, default=128)
     parser.add_argument("--max-num-seqs", type=int, default=256)
     parser.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    parser.add_argument("--attention-backend", default="auto",
+                        choices=["auto", "torch", "cpu", "triton"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="weights and activations, for minillm and transformers alike")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads for every run (default: torch's choice)")
@@ -132,13 +136,14 @@ def main(args: argparse.Namespace) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    llm = LLM(args.model, attention_backend="torch", max_num_seqs=args.max_num_seqs,
+    llm = LLM(args.model, attention_backend=args.attention_backend, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
               max_num_batched_tokens=args.max_num_batched_tokens, seed=args.seed)
     work = make_workload(args.num_requests, llm.engine.model.config.vocab_size, args.min_len,
                          args.max_len, args.seed)
     seconds, forward_seconds = run_minillm(llm, work)
     minillm_tps = work.output_tokens / seconds
-    hf = AutoModelForCausalLM.from_pretrained(llm.engine.model_path, dtype=torch.float32).eval()
+    hf = AutoModelForCausalLM.from_pretrained(llm.engine.model_path,
+                                              dtype=getattr(torch, args.dtype)).eval()
     seq_s, seq_tokens = run_hf_sequential(hf, work, args.hf_sequential_requests)
     static_s, static_tokens = run_hf_static(hf, work, args.hf_batch_size,
                                             args.hf_static_requests)

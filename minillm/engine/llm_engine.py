@@ -59,7 +59,9 @@ class LLMEngine:
         self.block_manager = BlockManager(num_blocks, config.block_size,
                                           config.enable_prefix_caching, num_cpu_blocks)
         self.scheduler = Scheduler(config.scheduler, self.block_manager)
-        self.backend = get_backend(config.attention_backend, self.device)
+        self.backend = get_backend(config.attention_backend, self.device,
+                                   dtype=self.model.lm_head.weight.dtype, head_dim=cfg.head_dim,
+                                   block_size=config.block_size)
         self.cache = PagedKVCache(self.model, num_blocks, config.block_size, num_cpu_blocks,
                                   self.backend)
         self.runner = ModelRunner(self.model, self.cache, config.block_size)

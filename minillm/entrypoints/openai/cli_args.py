@@ -39,7 +39,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                    default=True, help="reuse the KV blocks of shared prompt prefixes")
     g.add_argument("--scheduling-policy", default="fcfs", choices=["fcfs", "priority"])
     g.add_argument("--preemption-mode", default="recompute", choices=["recompute", "swap"])
-    g.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton"])
+    g.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "cpu", "triton"])
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, choices=[1],
                    help="minillm runs on one device")
