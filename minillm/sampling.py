@@ -65,12 +65,15 @@ def apply_min_tokens(logits: torch.Tensor, params: list[SamplingParams],
 
     Both are masked even with `ignore_eos`: min_tokens promises that many tokens of output.
     """
+    rows = [row for row, (p, out) in enumerate(zip(params, output_ids)) if len(out) < p.min_tokens]
+    if not rows:
+        return logits  # the common case: no copy
     logits = logits.clone()
-    for row, (p, out) in enumerate(zip(params, output_ids)):
-        if len(out) < p.min_tokens:
-            # An id outside the vocabulary can never be sampled, so there is nothing to mask.
-            banned = [t for t in [*eos_token_ids, *p.stop_token_ids] if 0 <= t < logits.shape[1]]
-            logits[row, banned] = float("-inf")
+    for row in rows:
+        # An id outside the vocabulary can never be sampled, so there is nothing to mask.
+        banned = [t for t in [*eos_token_ids, *params[row].stop_token_ids]
+                  if 0 <= t < logits.shape[1]]
+        logits[row, banned] = float("-inf")
     return logits
 
 

@@ -29,6 +29,9 @@ class IncrementalDetokenizer:
 
     def __init__(self, tokenizer, prompt_ids: list[int], skip_special_tokens: bool = True):
         self.tokenizer = tokenizer
+        # A fast (Rust) tokenizer decodes directly: HF's `decode` wrapper costs more than
+        # decoding a handful of tokens, and it runs twice per generated token.
+        self.backend = getattr(tokenizer, "backend_tokenizer", None)
         self.skip_special_tokens = skip_special_tokens
         self.token_ids = list(prompt_ids[-PROMPT_CONTEXT_TOKENS:])
         if self._decode(self.token_ids).endswith("\ufffd"):
@@ -65,6 +68,8 @@ class IncrementalDetokenizer:
 
     def _decode(self, token_ids: list[int]) -> str:
         # No clean-up of spaces: it is not incremental (it looks at neighbouring characters).
+        if self.backend is not None:
+            return self.backend.decode(token_ids, skip_special_tokens=self.skip_special_tokens)
         return self.tokenizer.decode(token_ids, skip_special_tokens=self.skip_special_tokens,
                                      clean_up_tokenization_spaces=False)
 
