@@ -32,9 +32,12 @@ CACHE_DTYPES = {torch.float32: [], torch.bfloat16: ["-DCACHE_BF16"]}
 # Tried in order: the fast build first; without OpenMP (Apple's clang has none) it runs on one
 # thread; without -march=native for compilers that do not know the flag.
 FLAG_SETS = [["-O3", "-march=native", "-fopenmp"], ["-O3", "-march=native"], ["-O3"]]
-# -ffast-math lets the compiler reorder float sums, which is what vectorising a dot product
-# needs; the kernel never produces inf or NaN, so its other assumptions hold too.
-COMMON_FLAGS = ["-ffast-math", "-shared", "-fPIC"]
+# -fassociative-math (with the two flags it requires) lets the compiler reorder float sums, which
+# is what vectorising a dot product needs. Not -ffast-math: linking a library with it, GCC before
+# 13 adds crtfastmath.o, which switches the loading process to flush-to-zero (numpy and torch
+# included) the moment the kernel is loaded.
+COMMON_FLAGS = ["-fno-math-errno", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math",
+                "-shared", "-fPIC"]
 
 
 class KernelUnavailable(RuntimeError):
@@ -101,9 +104,13 @@ def available(head_dim: int, block_size: int, dtype: torch.dtype) -> bool:
 
 def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                  block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float) -> torch.Tensor:
-    """Same contract as `torch_backend.paged_decode`: q [S, Hq, D] -> [S, Hq, D]."""
+    """Same contract as `torch_backend.paged_decode`: q [S, Hq, D] -> [S, Hq, D]. The caches must
+    be float32 or bfloat16; every sequence length at least 1."""
     num_seqs, num_heads, head_dim = q.shape
+    if k_cache.dtype not in CACHE_DTYPES:
+        raise ValueError(f"the CPU kernel reads float32 or bfloat16 caches, not {k_cache.dtype}")
     kernel = load_kernel(head_dim, k_cache.shape[1], k_cache.dtype)
+    k_cache, v_cache = k_cache.contiguous(), v_cache.contiguous()  # the kernel assumes the layout
     q32 = q.float().contiguous()
     out = torch.empty_like(q32)
     tables, lens = block_tables.to(torch.int32).contiguous(), seq_lens.to(torch.int32).contiguous()

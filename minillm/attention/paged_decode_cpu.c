@@ -55,8 +55,8 @@ void paged_decode(const float *q, const cache_t *k_cache, const cache_t *v_cache
         const int64_t len = seq_lens[s], num_blocks = (len + BLOCK_SIZE - 1) / BLOCK_SIZE;
         const int32_t *table = block_tables + s * max_blocks;
         /* Online softmax, block by block, for every head: running max, running sum of
-         * exp(score - max), and the running exp-weighted sum of V. Finite start values keep
-         * -ffast-math safe (no infinities anywhere). */
+         * exp(score - max), and the running exp-weighted sum of V. Finite start values: no
+         * infinities anywhere, whatever the compiler assumes. */
         float run_max[num_heads], run_sum[num_heads], acc[num_heads][HEAD_DIM];
         for (int64_t h = 0; h < num_heads; h++) { run_max[h] = -FLT_MAX; run_sum[h] = 0.f; }
         memset(acc, 0, sizeof acc);
