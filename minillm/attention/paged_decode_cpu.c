@@ -35,9 +35,12 @@ typedef float cache_t;
 static inline float load(cache_t x) { return x; }
 #endif
 
-/* Ask for the next block while this one is being computed on: the blocks of one sequence lie
- * anywhere in the cache, so the hardware cannot guess where the next one is. */
-static inline void prefetch(const cache_t *p, int64_t count) {
+/* Blocks ahead whose K and V are requested while this one is computed on: the blocks of one
+ * sequence lie anywhere in the cache, so the hardware cannot guess where the next one is, and
+ * one block of lead time is not enough to hide the memory latency (two is ~30% faster). */
+#define PREFETCH_DISTANCE 2
+
+static inline void prefetch_block(const cache_t *p, int64_t count) {
     for (int64_t i = 0; i < count; i += 64 / sizeof(cache_t)) __builtin_prefetch(p + i);
 }
 
@@ -64,9 +67,9 @@ void paged_decode(const float *q, const cache_t *k_cache, const cache_t *v_cache
         for (int64_t b = 0; b < num_blocks; b++) {
             const cache_t *k_block = k_cache + table[b] * block_stride;
             const cache_t *v_block = v_cache + table[b] * block_stride;
-            if (b + 1 < num_blocks) {
-                prefetch(k_cache + table[b + 1] * block_stride, block_stride);
-                prefetch(v_cache + table[b + 1] * block_stride, block_stride);
+            for (int64_t ahead = b + 1; ahead <= b + PREFETCH_DISTANCE && ahead < num_blocks; ahead++) {
+                prefetch_block(k_cache + table[ahead] * block_stride, block_stride);
+                prefetch_block(v_cache + table[ahead] * block_stride, block_stride);
             }
             const int64_t valid = len - b * BLOCK_SIZE < BLOCK_SIZE ? len - b * BLOCK_SIZE : BLOCK_SIZE;
             for (int64_t h = 0; h < num_heads; h++) {
