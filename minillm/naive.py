@@ -21,9 +21,9 @@ class ContiguousKVCache:
     """One request's KV cache: a `[max_len, kv_heads, head_dim]` slab per layer, reserved up front."""
 
     def __init__(self, model: LlamaForCausalLM, max_len: int):
-        cfg, weight = model.config, model.lm_head.weight
+        cfg = model.config
         shape = (cfg.num_layers, max_len, cfg.num_kv_heads, cfg.head_dim)
-        self.k = torch.zeros(shape, dtype=weight.dtype, device=weight.device)
+        self.k = torch.zeros(shape, dtype=model.dtype, device=model.device)
         self.v = torch.zeros_like(self.k)
         self.length = 0  # tokens whose K/V are stored
 
@@ -55,7 +55,7 @@ def stream_ids(model: LlamaForCausalLM, prompt_ids: list[int], max_new_tokens: i
         raise ValueError("the prompt is empty")
     cache = ContiguousKVCache(model, len(prompt_ids) + max_new_tokens)
     generator = None if seed is None else torch.Generator().manual_seed(seed)
-    device, inputs = model.lm_head.weight.device, list(prompt_ids)
+    device, inputs = model.device, list(prompt_ids)
     for _ in range(max_new_tokens):
         positions = torch.arange(cache.length, cache.length + len(inputs), device=device)
         hidden = model(torch.tensor(inputs, device=device), positions, cache)

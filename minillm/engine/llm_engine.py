@@ -18,6 +18,7 @@ from minillm.engine.scheduler import Scheduler
 from minillm.engine.sequence import Sequence
 from minillm.engine.stats import EngineStats
 from minillm.model import load_model, load_tokenizer
+from minillm.model.packed_linear import can_pack, pack_linear_layers
 from minillm.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from minillm.sampling import sample
 from minillm.sampling_params import SamplingParams
@@ -51,6 +52,8 @@ class LLMEngine:
         self.device = torch.device(device)
         self.model_path = str(config.model or default_model())
         self.model = load_model(self.model_path, config.dtype, self.device)
+        if can_pack(self.model):  # on a CPU: oneDNN linear layers, packed once
+            pack_linear_layers(self.model)
         self.tokenizer = load_tokenizer(self.model_path)
         cfg = self.model.config
         self.max_model_len = config.max_model_len or min(cfg.max_position_embeddings, 4096)
@@ -60,7 +63,7 @@ class LLMEngine:
                                           config.enable_prefix_caching, num_cpu_blocks)
         self.scheduler = Scheduler(config.scheduler, self.block_manager)
         self.backend = get_backend(config.attention_backend, self.device,
-                                   dtype=self.model.lm_head.weight.dtype, head_dim=cfg.head_dim,
+                                   dtype=self.model.dtype, head_dim=cfg.head_dim,
                                    block_size=config.block_size)
         self.cache = PagedKVCache(self.model, num_blocks, config.block_size, num_cpu_blocks,
                                   self.backend)
@@ -74,7 +77,7 @@ class LLMEngine:
     def block_bytes(self) -> int:
         """K and V of one block, over all layers."""
         cfg = self.model.config
-        elem = self.model.lm_head.weight.element_size()
+        elem = self.model.dtype.itemsize
         return 2 * cfg.num_layers * self.config.block_size * cfg.num_kv_heads * cfg.head_dim * elem
 
     def _count_blocks(self) -> tuple[int, int]:

@@ -14,12 +14,12 @@ class PagedKVCache:
 
     def __init__(self, model: LlamaForCausalLM, num_blocks: int, block_size: int,
                  num_cpu_blocks: int, backend: AttentionBackend):
-        cfg, weight = model.config, model.lm_head.weight
+        cfg = model.config
         shape = (cfg.num_layers, num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim)
-        self.k = torch.zeros(shape, dtype=weight.dtype, device=weight.device)
+        self.k = torch.zeros(shape, dtype=model.dtype, device=model.device)
         self.v = torch.zeros_like(self.k)
         cpu_shape = (cfg.num_layers, num_cpu_blocks, *shape[2:])
-        self.cpu_k = torch.zeros(cpu_shape, dtype=weight.dtype)
+        self.cpu_k = torch.zeros(cpu_shape, dtype=model.dtype)
         self.cpu_v = torch.zeros_like(self.cpu_k)
         self.backend = backend
         self.meta: AttentionMetadata | None = None  # set for each step
@@ -40,7 +40,7 @@ class PagedKVCache:
 class ModelRunner:
     def __init__(self, model: LlamaForCausalLM, cache: PagedKVCache, block_size: int):
         self.model, self.cache, self.block_size = model, cache, block_size
-        self.device = model.lm_head.weight.device
+        self.device = model.device
 
     def prepare(self, batch: ScheduledBatch):
         """Flatten the batch: token ids, positions, and where each token's K/V goes."""

@@ -114,6 +114,14 @@ class LlamaForCausalLM(nn.Module):
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed_tokens.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv: KVCache):
         """input_ids, positions: [num_tokens] (all sequences flattened) -> [num_tokens, hidden]."""
         return self.model(input_ids, positions, kv)

@@ -221,7 +221,7 @@ def log_startup(engine: LLMEngine, names: list[str]) -> None:
     blocks = engine.block_manager.num_blocks
     logger.info("minillm %s serving %s as %s: dtype %s, device %s, max_model_len %d, "
                 "%d KV blocks of %d tokens (%.1f MiB of KV cache)", minillm.__version__,
-                engine.model_path, ", ".join(names), str(engine.model.lm_head.weight.dtype)[6:],
+                engine.model_path, ", ".join(names), str(engine.model.dtype)[6:],
                 engine.device, engine.max_model_len, blocks, engine.config.block_size,
                 blocks * engine.block_bytes / 2**20)
 
