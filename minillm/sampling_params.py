@@ -7,10 +7,18 @@ the sampler, and the error names the field and the range it accepts.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 # Below this temperature sampling is indistinguishable from argmax, and dividing logits by it
 # would overflow; vLLM uses the same threshold.
 GREEDY_EPS = 1e-5
+
+
+class RequestOutputKind(Enum):
+    """Which outputs `LLMEngine.step` returns for a request (vLLM's names; no DELTA here)."""
+
+    CUMULATIVE = 0  # every step that adds a token: everything generated so far (streaming)
+    FINAL_ONLY = 2  # only once the request is finished (`LLM.generate` asks for this)
 
 
 @dataclass
@@ -34,6 +42,7 @@ class SamplingParams:
     min_tokens: EOS and stop tokens are forbidden until this many tokens are generated.
     logprobs: how many top log-probabilities to return per token, besides the chosen one's.
     skip_special_tokens: leave special tokens out of the returned text.
+    output_kind: when the engine reports the request (see `RequestOutputKind`).
     """
 
     n: int = 1
@@ -52,6 +61,7 @@ class SamplingParams:
     min_tokens: int = 0
     logprobs: int | None = None
     skip_special_tokens: bool = True
+    output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
 
     def __post_init__(self):
         # Normalise once so the engine only ever sees lists.
@@ -59,6 +69,12 @@ class SamplingParams:
         self.stop_token_ids = list(self.stop_token_ids or [])
         self._validate_sampling()
         self._validate_lengths()
+
+    @property
+    def uses_token_history(self) -> bool:
+        """The sampler needs this request's prompt and output tokens (penalties, min_tokens)."""
+        return (self.repetition_penalty != 1 or self.frequency_penalty != 0
+                or self.presence_penalty != 0 or self.min_tokens > 0)
 
     @property
     def greedy(self) -> bool:

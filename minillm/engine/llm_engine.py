@@ -21,7 +21,7 @@ from minillm.model import load_model, load_tokenizer
 from minillm.model.packed_linear import can_pack, pack_linear_layers
 from minillm.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from minillm.sampling import sample
-from minillm.sampling_params import SamplingParams
+from minillm.sampling_params import RequestOutputKind, SamplingParams
 
 CPU_KV_CACHE_BYTES = 1 << 30
 
@@ -189,9 +189,10 @@ class LLMEngine:
             seq.num_computed_tokens += n
             self.block_manager.cache_full_blocks(seq)
         now = time.monotonic()
-        touched = self._sample_and_append(done, logits, now)
+        touched = [self.requests[rid] for rid in self._sample_and_append(done, logits, now)]
         self.stats.record_step(self, batch, time.perf_counter() - started)
-        return [self._output(self.requests[rid]) for rid in touched]
+        return [self._output(r) for r in touched
+                if r.finished or r.params.output_kind == RequestOutputKind.CUMULATIVE]
 
     def _sample_and_append(self, done: list[Sequence], logits: torch.Tensor, now: float):
         seqs, row_of_seq = [], []
@@ -201,14 +202,20 @@ class LLMEngine:
                 row_of_seq.append(row)
         if not seqs:
             return []
-        logits = logits[row_of_seq]
+        if len(seqs) > len(done):  # parallel samples were forked: their rows repeat the parent's
+            logits = logits[row_of_seq]
         requests = [self.requests[s.request_id] for s in seqs]
-        out = sample(logits, [s.params for s in seqs], [s.token_ids[:s.num_prompt_tokens] for s in seqs],
-                     [s.output_token_ids for s in seqs],
+        # Token histories only for the rows whose sampling reads them: copying every row's
+        # tokens each step would cost more than the sampling itself.
+        history = [s.params.uses_token_history for s in seqs]
+        out = sample(logits, [s.params for s in seqs],
+                     [s.token_ids[:s.num_prompt_tokens] if h else [] for s, h in zip(seqs, history)],
+                     [s.output_token_ids if h else [] for s, h in zip(seqs, history)],
                      [r.generators[s.seq_id] for r, s in zip(requests, seqs)], self.eos_token_ids)
         for i, (seq, request) in enumerate(zip(seqs, requests)):
-            self._append(request, seq, out.token_ids[i], out.logprobs[i], out.top_logprobs[i],
-                         logits[i], now)
+            entries = None if seq.params.logprobs is None else self._logprobs(
+                out.token_ids[i], out.logprobs[i], out.top_logprobs[i], logits[i])
+            self._append(request, seq, out.token_ids[i], out.logprobs[i], entries, now)
         return list(dict.fromkeys(s.request_id for s in seqs))
 
     def _fork_parallel_samples(self, seq: Sequence) -> list[Sequence]:
@@ -227,7 +234,7 @@ class LLMEngine:
         return [seq, *children]
 
     def _append(self, request: Request, seq: Sequence, token: int, logprob: float,
-                top: dict | None, logits: torch.Tensor, now: float) -> None:
+                logprob_entries: dict[int, Logprob] | None, now: float) -> None:
         metrics = request.metrics
         if metrics.first_token_time is None:
             metrics.first_token_time = now
@@ -240,8 +247,8 @@ class LLMEngine:
         detok = request.detokenizers[seq.seq_id]
         new_text = detok.add(token)
         request.cumulative_logprob[seq.seq_id] += logprob
-        if seq.params.logprobs is not None:
-            request.logprobs[seq.seq_id].append(self._logprobs(token, logprob, top, logits))
+        if logprob_entries is not None:
+            request.logprobs[seq.seq_id].append(logprob_entries)
         reason = self._stop_reason(seq, token, detok, len(new_text))
         if reason is not None:
             if not isinstance(seq.stop_reason, str):

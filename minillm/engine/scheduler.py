@@ -70,7 +70,7 @@ class Scheduler:
         for seq in sorted(self.running, key=self.order):
             if budget == 0:
                 break
-            if seq not in self.running:
+            if seq.status != SequenceStatus.RUNNING:
                 continue  # preempted as a victim earlier in this loop
             num_new = min(seq.num_uncomputed_tokens, budget)
             if self._allocate_or_preempt(seq, num_new, batch):

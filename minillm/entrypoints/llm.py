@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 from tqdm.auto import tqdm
 
 from minillm.config import EngineConfig, SchedulerConfig
 from minillm.engine.llm_engine import LLMEngine
 from minillm.outputs import RequestOutput
-from minillm.sampling_params import SamplingParams
+from minillm.sampling_params import RequestOutputKind, SamplingParams
 
 
 class LLM:
@@ -46,6 +47,8 @@ class LLM:
                   else [sampling_params or SamplingParams()] * len(prompts))
         if len(params) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(params)} sampling params")
+        # Only the finished outputs are kept: the engine need not build the others.
+        params = [replace(p, output_kind=RequestOutputKind.FINAL_ONLY) for p in params]
         ids = self._add_all(prompts, params, priority or [0] * len(prompts))
         return self._run(ids, use_tqdm)
 
