@@ -60,5 +60,11 @@ def make_checkpoint(folder: Path, name: str, seed: int = 0, dtype=torch.float32)
         bos_token_id=tokenizer.bos_token_id, **kwargs)
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+    with torch.no_grad():  # transformers initialises biases to 0 and norms to 1: test them too
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.normal_(0.0, 0.1)
+            elif "norm" in name:
+                param.normal_(1.0, 0.1)
     model.save_pretrained(folder)
     return folder

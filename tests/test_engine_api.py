@@ -169,3 +169,21 @@ def test_statistics_follow_the_engine(llama_checkpoint):
     assert stats.prompt_tokens == sum(map(len, prompts))
     assert stats.num_preemptions > 0 and stats.num_running == stats.num_waiting == 0
     assert stats.num_blocks_used == 0 and stats.num_blocks_free == 10
+
+
+def test_output_kind_final_only_reports_a_request_once(llm):
+    """CUMULATIVE: an output every step that adds a token; FINAL_ONLY: one, when finished."""
+    from minillm import RequestOutputKind
+    engine = llm.engine
+    kinds = {"c": RequestOutputKind.CUMULATIVE, "f": RequestOutputKind.FINAL_ONLY}
+    for rid, kind in kinds.items():
+        engine.add_request(rid, {"prompt_token_ids": [5, 6, 7]},
+                           SamplingParams(temperature=0, max_tokens=6, ignore_eos=True,
+                                          output_kind=kind))
+    seen = {"c": [], "f": []}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            seen[out.request_id].append(out)
+    assert [len(o.outputs[0].token_ids) for o in seen["c"]] == [1, 2, 3, 4, 5, 6]
+    assert len(seen["f"]) == 1 and seen["f"][0].finished
+    assert seen["f"][0].outputs[0].token_ids == seen["c"][-1].outputs[0].token_ids

@@ -122,3 +122,22 @@ def test_missing_tokenizer(llama_checkpoint, tmp_path):
         (folder / name).unlink()
     with pytest.raises(CheckpointError, match="no tokenizer"):
         load_tokenizer(folder)
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("dtype, atol", [("float32", 1e-4), ("bfloat16", 0.1)])
+def test_packed_linear_layers_match_transformers(checkpoint, dtype, atol):
+    """The engine's CPU model: every nn.Linear replaced by a oneDNN-packed one, same logits."""
+    from torch import nn
+
+    from minillm.model.packed_linear import PackedLinear, can_pack, pack_linear_layers
+    model = load_model(checkpoint, dtype=dtype)
+    assert can_pack(model)
+    reference = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=getattr(torch, dtype))
+    pack_linear_layers(model)
+    assert not any(isinstance(m, nn.Linear) for m in model.modules())
+    assert sum(isinstance(m, PackedLinear) for m in model.modules()) == 7 * model.config.num_layers + 1
+    ids = random_prompt(50, 7, model.config.vocab_size)
+    expected = reference.eval()(torch.tensor([ids])).logits[0].float()
+    hidden = model(torch.tensor(ids), torch.arange(50), ContiguousKVCache(model, 50))
+    torch.testing.assert_close(model.compute_logits(hidden), expected, atol=atol, rtol=0)

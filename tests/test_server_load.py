@@ -23,10 +23,11 @@ NUM_REQUESTS, CONCURRENCY, DISCONNECT_EVERY = 200, 64, 5
 
 async def one_client(client: openai.AsyncOpenAI, i: int) -> str:
     """Client i: every 5th reads two chunks of a long stream and hangs up; the others complete
-    or chat, streamed or not."""
+    or chat, streamed or not. The long streams ask for 480 tokens: enough that none can finish
+    before its client is gone, even while 64 clients share the machine with the server."""
     if i % DISCONNECT_EVERY == 0:
         stream = await client.completions.create(
-            model="tiny", prompt=f"request {i}", max_tokens=200, stream=True,
+            model="tiny", prompt=f"request {i}", max_tokens=480, stream=True,
             extra_body={"ignore_eos": True})
         chunks = 0
         async for _ in stream:
@@ -60,7 +61,7 @@ async def run_load(url: str) -> list[str]:
 
 def test_load_with_disconnects(llama_checkpoint):
     server = ServerProcess(llama_checkpoint, "--served-model-name", "tiny",
-                           "--max-num-seqs", "64", "--max-model-len", "256")
+                           "--max-num-seqs", "64", "--max-model-len", "512")
     try:
         started = time.monotonic()
         results = asyncio.run(run_load(server.url))
