@@ -14,6 +14,7 @@ import zlib
 
 import pytest
 import torch
+from attention_reference import causal_attention_float64
 
 from minillm.attention.base import AttentionMetadata
 from minillm_kernels import paged_decode_attention, paged_prefill_attention, store_kv
@@ -95,18 +96,8 @@ class Batch:
 
     def reference(self) -> torch.Tensor:
         """Causal softmax attention in float64, one sequence at a time, from the ground truth."""
-        outs, start = [], 0
-        group = self.num_heads // self.keys[0].shape[1]
-        for keys, values, n, q_len in zip(self.keys, self.values, self.seq_lens, self.query_lens):
-            q = self.q[start:start + q_len].cpu().double()
-            k = keys.double().repeat_interleave(group, dim=1)
-            v = values.double().repeat_interleave(group, dim=1)
-            scores = torch.einsum("qhd,khd->hqk", q, k) * self.scale
-            q_pos = torch.arange(n - q_len, n)[:, None]
-            scores = scores.masked_fill(torch.arange(n)[None, :] > q_pos, float("-inf"))
-            outs.append(torch.einsum("hqk,khd->qhd", scores.softmax(-1), v))
-            start += q_len
-        return torch.cat(outs)
+        return causal_attention_float64(self.q, self.keys, self.values, self.seq_lens,
+                                        self.query_lens, self.scale)
 
     def check(self, out: torch.Tensor) -> None:
         assert out.dtype == self.dtype and out.shape == self.q.shape
