@@ -46,10 +46,8 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], prompt_ids: list[
     Row i belongs to a sequence with `params[i]`, prompt `prompt_ids[i]` and the tokens it has
     generated so far, `output_ids[i]`; `generators[i]` is the only source of its randomness.
     """
-    raw = logits = logits.float()
-    # log_softmax(raw) = raw - logsumexp(raw): only the chosen entries (and any top-k asked for)
-    # are needed, so the full [rows, vocab] table is built only when a row wants logprobs.
-    log_normalizer = torch.logsumexp(raw, dim=-1, keepdim=True)
+    logits = logits.float()
+    raw_logprobs = torch.log_softmax(logits, dim=-1)  # (faster than torch.logsumexp on a CPU)
     logits = apply_min_tokens(logits, params, output_ids, eos_token_ids)
     if any(p.repetition_penalty != 1 or p.frequency_penalty or p.presence_penalty for p in params):
         logits = apply_penalties(logits, prompt_ids, output_ids, *_penalty_tensors(params, logits))
@@ -57,8 +55,8 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], prompt_ids: list[
     probs = None if all(p.greedy for p in params) else _sampling_probs(logits, params)
     token_ids = [greedy_ids[row] if p.greedy else _draw(probs[row], generator)
                  for row, (p, generator) in enumerate(zip(params, generators))]
-    chosen = raw.gather(1, torch.tensor(token_ids, device=raw.device)[:, None]) - log_normalizer
-    top = (top_logprobs(raw - log_normalizer, params) if any(p.logprobs is not None for p in params)
+    chosen = raw_logprobs.gather(1, torch.tensor(token_ids, device=logits.device)[:, None])
+    top = (top_logprobs(raw_logprobs, params) if any(p.logprobs is not None for p in params)
            else [None] * len(params))
     return SamplerOutput(token_ids, chosen.squeeze(1).tolist(), top)
 
