@@ -3,7 +3,8 @@
 `sample` applies, in this order (the same as vLLM v1):
 
 1. log-probabilities are read from the raw model distribution, `log_softmax(logits)`, before
-   any of the steps below change it;
+   any of the steps below change it (only if some row asks for `logprobs`: as in vLLM, a
+   request without them gets no logprob and no cumulative logprob);
 2. min_tokens: while a sequence has fewer outputs than `min_tokens`, EOS and its stop tokens
    get -inf, so it cannot end early;
 3. penalties: repetition (prompt and output tokens), then frequency and presence (output tokens);
@@ -33,7 +34,7 @@ class SamplerOutput:
     """What `sample` chose, one entry per row."""
 
     token_ids: list[int]  # one chosen token per row
-    logprobs: list[float]  # the chosen token's logprob under the raw model distribution
+    logprobs: list[float | None]  # the chosen token's raw logprob; None without `logprobs`
     top_logprobs: list[dict[int, float] | None]  # the top-`params.logprobs` tokens, best first
 
 
@@ -47,7 +48,8 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], prompt_ids: list[
     generated so far, `output_ids[i]`; `generators[i]` is the only source of its randomness.
     """
     logits = logits.float()
-    raw_logprobs = torch.log_softmax(logits, dim=-1)  # (faster than torch.logsumexp on a CPU)
+    wanted = [p.logprobs is not None for p in params]
+    raw_logprobs = torch.log_softmax(logits, dim=-1) if any(wanted) else None
     logits = apply_min_tokens(logits, params, output_ids, eos_token_ids)
     if any(p.repetition_penalty != 1 or p.frequency_penalty or p.presence_penalty for p in params):
         logits = apply_penalties(logits, prompt_ids, output_ids, *_penalty_tensors(params, logits))
@@ -55,10 +57,11 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], prompt_ids: list[
     probs = None if all(p.greedy for p in params) else _sampling_probs(logits, params)
     token_ids = [greedy_ids[row] if p.greedy else _draw(probs[row], generator)
                  for row, (p, generator) in enumerate(zip(params, generators))]
+    if raw_logprobs is None:
+        return SamplerOutput(token_ids, [None] * len(params), [None] * len(params))
     chosen = raw_logprobs.gather(1, torch.tensor(token_ids, device=logits.device)[:, None])
-    top = (top_logprobs(raw_logprobs, params) if any(p.logprobs is not None for p in params)
-           else [None] * len(params))
-    return SamplerOutput(token_ids, chosen.squeeze(1).tolist(), top)
+    chosen_or_none = [lp if w else None for lp, w in zip(chosen[:, 0].tolist(), wanted)]
+    return SamplerOutput(token_ids, chosen_or_none, top_logprobs(raw_logprobs, params))
 
 
 def apply_min_tokens(logits: torch.Tensor, params: list[SamplingParams],

@@ -187,3 +187,4 @@ def test_output_kind_final_only_reports_a_request_once(llm):
     assert [len(o.outputs[0].token_ids) for o in seen["c"]] == [1, 2, 3, 4, 5, 6]
     assert len(seen["f"]) == 1 and seen["f"][0].finished
     assert seen["f"][0].outputs[0].token_ids == seen["c"][-1].outputs[0].token_ids
+    assert seen["f"][0].outputs[0].cumulative_logprob is None  # no logprobs asked, none computed

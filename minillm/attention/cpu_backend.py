@@ -45,7 +45,8 @@ class KernelUnavailable(RuntimeError):
 
 
 def compiler() -> str | None:
-    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    found = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    return os.environ.get("CC") or found
 
 
 def cache_dir() -> Path:

@@ -37,7 +37,7 @@ class Request:
     detokenizers: dict[int, IncrementalDetokenizer] = field(default_factory=dict)
     generators: dict[int, torch.Generator] = field(default_factory=dict)
     logprobs: dict[int, list] = field(default_factory=dict)
-    cumulative_logprob: dict[int, float] = field(default_factory=dict)
+    cumulative_logprob: dict[int, float | None] = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:
@@ -155,7 +155,7 @@ class LLMEngine:
         request.detokenizers[seq.seq_id] = IncrementalDetokenizer(
             self.tokenizer, request.prompt_token_ids, params.skip_special_tokens)
         request.logprobs[seq.seq_id] = []
-        request.cumulative_logprob[seq.seq_id] = 0.0
+        request.cumulative_logprob[seq.seq_id] = None if params.logprobs is None else 0.0
 
     def abort_request(self, request_id: str) -> None:
         """Stop a request wherever it is (waiting, running, swapped) and free its blocks."""
@@ -208,9 +208,9 @@ class LLMEngine:
         # Token histories only for the rows whose sampling reads them: copying every row's
         # tokens each step would cost more than the sampling itself.
         history = [s.params.uses_token_history for s in seqs]
-        out = sample(logits, [s.params for s in seqs],
-                     [s.token_ids[:s.num_prompt_tokens] if h else [] for s, h in zip(seqs, history)],
-                     [s.output_token_ids if h else [] for s, h in zip(seqs, history)],
+        prompts = [s.token_ids[:s.num_prompt_tokens] if h else [] for s, h in zip(seqs, history)]
+        outputs = [s.output_token_ids if h else [] for s, h in zip(seqs, history)]
+        out = sample(logits, [s.params for s in seqs], prompts, outputs,
                      [r.generators[s.seq_id] for r, s in zip(requests, seqs)], self.eos_token_ids)
         for i, (seq, request) in enumerate(zip(seqs, requests)):
             entries = None if seq.params.logprobs is None else self._logprobs(
@@ -233,7 +233,7 @@ class LLMEngine:
             children.append(child)
         return [seq, *children]
 
-    def _append(self, request: Request, seq: Sequence, token: int, logprob: float,
+    def _append(self, request: Request, seq: Sequence, token: int, logprob: float | None,
                 logprob_entries: dict[int, Logprob] | None, now: float) -> None:
         metrics = request.metrics
         if metrics.first_token_time is None:
@@ -246,7 +246,8 @@ class LLMEngine:
         self.stats.generation_tokens += 1
         detok = request.detokenizers[seq.seq_id]
         new_text = detok.add(token)
-        request.cumulative_logprob[seq.seq_id] += logprob
+        if logprob is not None:
+            request.cumulative_logprob[seq.seq_id] += logprob
         if logprob_entries is not None:
             request.logprobs[seq.seq_id].append(logprob_entries)
         reason = self._stop_reason(seq, token, detok, len(new_text))
