@@ -32,12 +32,11 @@ CACHE_DTYPES = {torch.float32: [], torch.bfloat16: ["-DCACHE_BF16"]}
 # Tried in order: the fast build first; without OpenMP (Apple's clang has none) it runs on one
 # thread; without -march=native for compilers that do not know the flag.
 FLAG_SETS = [["-O3", "-march=native", "-fopenmp"], ["-O3", "-march=native"], ["-O3"]]
-# -fassociative-math (with the two flags it requires) lets the compiler reorder float sums, which
-# is what vectorising a dot product needs. Not -ffast-math: linking a library with it, GCC before
-# 13 adds crtfastmath.o, which switches the loading process to flush-to-zero (numpy and torch
-# included) the moment the kernel is loaded.
-COMMON_FLAGS = ["-fno-math-errno", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math",
-                "-shared", "-fPIC"]
+# -ffast-math lets the compiler reorder float sums (vectorised dot products) and call the C
+# library's vector exp; the kernel never makes inf or NaN, so its other assumptions hold too. It
+# is given to the compile step only: linking a shared library with it, GCC before 13 adds
+# crtfastmath.o, which switches the whole loading process (torch, numpy) to flush-to-zero.
+COMPILE_FLAGS = ["-ffast-math", "-fPIC"]
 
 
 class KernelUnavailable(RuntimeError):
@@ -63,7 +62,7 @@ def load_kernel(head_dim: int, block_size: int, dtype: torch.dtype) -> ctypes.CD
     errors = []
     for flags in FLAG_SETS:
         try:
-            return _bind(ctypes.CDLL(str(_build(cc, [*flags, *COMMON_FLAGS, *defines]))))
+            return _bind(ctypes.CDLL(str(_build(cc, [*flags, *COMPILE_FLAGS, *defines]))))
         except (subprocess.CalledProcessError, OSError) as err:
             errors.append(f"{' '.join(flags)}: {getattr(err, 'stderr', '') or err}")
     raise KernelUnavailable("the CPU attention kernel did not compile:\n" + "\n".join(errors))
@@ -78,9 +77,11 @@ def _build(cc: str, flags: list[str]) -> Path:
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            built = Path(tmp) / target.name
-            subprocess.run([cc, *flags, str(SOURCE), "-o", str(built), "-lm"], check=True,
-                           capture_output=True, text=True)
+            built, obj = Path(tmp) / target.name, Path(tmp) / "kernel.o"
+            link = ["-fopenmp"] if "-fopenmp" in flags else []
+            for command in ([cc, *flags, "-c", str(SOURCE), "-o", str(obj)],
+                            [cc, "-shared", *link, str(obj), "-o", str(built), "-lm"]):
+                subprocess.run(command, check=True, capture_output=True, text=True)
             os.replace(built, target)  # atomic: a concurrent build never sees half a file
     return target
 

@@ -86,10 +86,9 @@ void paged_decode(const float *q, const cache_t *k_cache, const cache_t *v_cache
                 /* Rescale what was summed under the old max to the new one. */
                 const float rescale = expf(run_max[h] - block_max);
                 float block_sum = 0.f;
-                for (int64_t t = 0; t < BLOCK_SIZE; t++) {
-                    p[t] = expf(p[t] - block_max);
-                    block_sum += p[t];
-                }
+                #pragma omp simd  /* BLOCK_SIZE exps at once (the C library's vector expf) */
+                for (int64_t t = 0; t < BLOCK_SIZE; t++) p[t] = expf(p[t] - block_max);
+                for (int64_t t = 0; t < BLOCK_SIZE; t++) block_sum += p[t];
                 run_sum[h] = run_sum[h] * rescale + block_sum;
                 run_max[h] = block_max;
                 float o[HEAD_DIM];
