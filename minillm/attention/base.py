@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -31,6 +32,22 @@ class AttentionMetadata:
     @property
     def is_decode_only(self) -> bool:
         return self.max_query_len == 1
+
+    # Derived once per step on first use, then shared by every layer.
+    @cached_property
+    def decodes(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The sequences with a single query: its row in the step, their block tables and
+        context lengths."""
+        query_lens = self.query_start_loc.diff()
+        seqs = torch.nonzero(query_lens == 1).flatten()
+        return self.query_start_loc[seqs].long(), self.block_tables[seqs], self.seq_lens[seqs]
+
+    @cached_property
+    def prefill_chunks(self) -> list[tuple[int, int, int, int]]:
+        """(sequence, first query row, end row, context length) of each chunk of 2+ queries."""
+        starts, lens = self.query_start_loc.tolist(), self.seq_lens.tolist()
+        return [(i, lo, hi, lens[i]) for i, (lo, hi) in enumerate(zip(starts, starts[1:]))
+                if hi - lo > 1]
 
 
 class AttentionBackend(ABC):

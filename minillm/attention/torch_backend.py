@@ -80,15 +80,10 @@ class TorchAttentionBackend(AttentionBackend):
     def forward(self, q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale: float):
         store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
         out = torch.empty_like(q)
-        starts, query_lens = meta.query_start_loc[:-1], meta.query_start_loc.diff()
-        decodes = torch.nonzero(query_lens == 1).flatten()
-        if len(decodes):
-            rows = starts[decodes].long()
-            out[rows] = self.decode(q[rows], k_cache, v_cache, meta.block_tables[decodes],
-                                    meta.seq_lens[decodes], scale)
-        for i in torch.nonzero(query_lens > 1).flatten().tolist():
-            lo, hi = int(meta.query_start_loc[i]), int(meta.query_start_loc[i + 1])
-            seq_len = int(meta.seq_lens[i])
+        rows, block_tables, seq_lens = meta.decodes
+        if len(rows):
+            out[rows] = self.decode(q[rows], k_cache, v_cache, block_tables, seq_lens, scale)
+        for i, lo, hi, seq_len in meta.prefill_chunks:
             if hi - lo == seq_len:  # nothing cached before this chunk: its own k, v are all
                 out[lo:hi] = causal_attention(q[lo:hi], k[lo:hi], v[lo:hi], scale)
             else:
