@@ -68,3 +68,10 @@ def make_checkpoint(folder: Path, name: str, seed: int = 0, dtype=torch.float32)
                 param.normal_(1.0, 0.1)
     model.save_pretrained(folder)
     return folder
+
+
+def prompts_of_lengths(seed: int, lengths: list[int], prefix: list[int] = ()) -> list[list[int]]:
+    """Random token prompts of exactly these lengths (after an optional shared prefix)."""
+    gen = torch.Generator().manual_seed(seed)
+    return [list(prefix) + torch.randint(0, VOCAB_SIZE, (n,), generator=gen).tolist()
+            for n in lengths]

@@ -22,3 +22,10 @@ def checkpoint(request, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def llama_checkpoint(tmp_path_factory) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("llama"), "llama-gqa-llama3")
+
+
+@pytest.fixture(scope="module", params=["llama-gqa-llama3", "qwen3-gqa-headdim"])
+def gqa_model_path(request, tmp_path_factory) -> str:
+    """GQA 2 with head dim 16, and GQA 4 with head dim 32 (one KV head): the attention backends'
+    end-to-end tests run on both."""
+    return str(make_checkpoint(tmp_path_factory.mktemp(request.param), request.param))

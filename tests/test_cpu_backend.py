@@ -27,7 +27,7 @@ import zlib
 import pytest
 import torch
 from attention_reference import causal_attention_float64
-from checkpoints import make_checkpoint
+from checkpoints import prompts_of_lengths
 from test_engine import assert_no_leaks
 
 from minillm import LLM, SamplingParams
@@ -231,19 +231,6 @@ def test_backend_forward_matches_torch_backend(dtype):
 # the engine
 
 GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
-VOCAB = 384
-
-
-@pytest.fixture(scope="module", params=["llama-gqa-llama3", "qwen3-gqa-headdim"])
-def model_path(request, tmp_path_factory) -> str:
-    """GQA 2 with head dim 16, and GQA 4 with head dim 32 (one KV head)."""
-    return str(make_checkpoint(tmp_path_factory.mktemp(request.param), request.param))
-
-
-def prompts(seed: int, lengths: list[int], prefix: list[int] = ()) -> list[list[int]]:
-    gen = torch.Generator().manual_seed(seed)
-    return [list(prefix) + torch.randint(0, VOCAB, (n,), generator=gen).tolist()
-            for n in lengths]
 
 
 def greedy(llm: LLM, batch: list[list[int]]) -> list[list[int]]:
@@ -252,13 +239,13 @@ def greedy(llm: LLM, batch: list[list[int]]) -> list[list[int]]:
     return [o.outputs[0].token_ids for o in outputs]
 
 
-PROMPTS = prompts(1, [1, 15, 16, 17, 40, 70, 130])
+PROMPTS = prompts_of_lengths(1, [1, 15, 16, 17, 40, 70, 130])
 
 
 @pytest.fixture(scope="module")
-def torch_tokens(model_path) -> list[list[int]]:
+def torch_tokens(gqa_model_path) -> list[list[int]]:
     """The torch backend's tokens (test_engine proves them the same under every setting)."""
-    return greedy(LLM(model_path, attention_backend="torch"), PROMPTS)
+    return greedy(LLM(gqa_model_path, attention_backend="torch"), PROMPTS)
 
 
 ENGINE_SETTINGS = {
@@ -271,8 +258,8 @@ ENGINE_SETTINGS = {
 
 @needs_compiler
 @pytest.mark.parametrize("setting", sorted(ENGINE_SETTINGS))
-def test_engine_on_cpu_backend_generates_what_torch_generates(model_path, torch_tokens, setting):
-    llm = LLM(model_path, attention_backend="cpu", **ENGINE_SETTINGS[setting])
+def test_engine_on_cpu_backend_generates_what_torch_generates(gqa_model_path, torch_tokens, setting):
+    llm = LLM(gqa_model_path, attention_backend="cpu", **ENGINE_SETTINGS[setting])
     assert llm.engine.backend.name == "cpu"
     assert greedy(llm, PROMPTS) == torch_tokens
     if setting == "preempt":
@@ -280,13 +267,13 @@ def test_engine_on_cpu_backend_generates_what_torch_generates(model_path, torch_
 
 
 @needs_compiler
-def test_engine_on_cpu_backend_with_prefix_cache_hits(model_path):
-    shared = prompts(2, [40])[0]  # 40 tokens: two full 16-token blocks to reuse
-    batch = prompts(3, [3, 20, 9, 1], prefix=shared)
-    reference = LLM(model_path, attention_backend="torch")
+def test_engine_on_cpu_backend_with_prefix_cache_hits(gqa_model_path):
+    shared = prompts_of_lengths(2, [40])[0]  # 40 tokens: two full 16-token blocks to reuse
+    batch = prompts_of_lengths(3, [3, 20, 9, 1], prefix=shared)
+    reference = LLM(gqa_model_path, attention_backend="torch")
     expected = greedy(reference, batch[:1]) + greedy(reference, batch[1:])
 
-    llm = LLM(model_path, attention_backend="cpu", max_num_batched_tokens=16)
+    llm = LLM(gqa_model_path, attention_backend="cpu", max_num_batched_tokens=16)
     assert greedy(llm, batch[:1]) == expected[:1]  # fills the cache
     assert greedy(llm, batch[1:]) == expected[1:]  # hits it, prefills only the tails (chunked)
     assert llm.engine.stats.prefix_cache_hits >= 3 * 32

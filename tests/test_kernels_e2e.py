@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from checkpoints import make_checkpoint
+from checkpoints import prompts_of_lengths
 
 from minillm import LLM, SamplingParams
 
@@ -17,19 +17,6 @@ pytestmark = [
 ]
 
 GREEDY = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
-VOCAB = 384
-
-
-@pytest.fixture(scope="module", params=["llama-gqa-llama3", "qwen3-gqa-headdim"])
-def model_path(request, tmp_path_factory) -> str:
-    """GQA 2 with head dim 16, and GQA 4 with head dim 32 (one KV head)."""
-    return str(make_checkpoint(tmp_path_factory.mktemp(request.param), request.param))
-
-
-def prompts(seed: int, lengths: list[int], prefix: list[int] = ()) -> list[list[int]]:
-    gen = torch.Generator().manual_seed(seed)
-    return [list(prefix) + torch.randint(0, VOCAB, (n,), generator=gen).tolist()
-            for n in lengths]
 
 
 def greedy(llm: LLM, batch: list[list[int]]) -> list[list[int]]:
@@ -37,22 +24,22 @@ def greedy(llm: LLM, batch: list[list[int]]) -> list[list[int]]:
     return [o.outputs[0].token_ids for o in outputs]
 
 
-def test_triton_backend_generates_what_torch_generates(model_path):
+def test_triton_backend_generates_what_torch_generates(gqa_model_path):
     """Chunks of 13 tokens: prompts are prefilled in pieces over their own cached chunks, in
     mixed batches with other sequences' decodes; block size 32 (the prefix test uses 16)."""
-    batch = prompts(1, [1, 15, 16, 17, 70])
+    batch = prompts_of_lengths(1, [1, 15, 16, 17, 70])
     settings = dict(max_num_batched_tokens=13, block_size=32)
-    expected = greedy(LLM(model_path, attention_backend="torch", **settings), batch)
-    assert greedy(LLM(model_path, attention_backend="triton", **settings), batch) == expected
+    expected = greedy(LLM(gqa_model_path, attention_backend="torch", **settings), batch)
+    assert greedy(LLM(gqa_model_path, attention_backend="triton", **settings), batch) == expected
 
 
-def test_triton_backend_with_prefix_cache_hits(model_path):
-    shared = prompts(2, [40])[0]  # 40 tokens: two full 16-token blocks to reuse
-    batch = prompts(3, [3, 20, 9], prefix=shared)
-    reference = LLM(model_path, attention_backend="torch")
+def test_triton_backend_with_prefix_cache_hits(gqa_model_path):
+    shared = prompts_of_lengths(2, [40])[0]  # 40 tokens: two full 16-token blocks to reuse
+    batch = prompts_of_lengths(3, [3, 20, 9], prefix=shared)
+    reference = LLM(gqa_model_path, attention_backend="torch")
     expected = greedy(reference, batch[:1]) + greedy(reference, batch[1:])
 
-    llm = LLM(model_path, attention_backend="triton", max_num_batched_tokens=16)
+    llm = LLM(gqa_model_path, attention_backend="triton", max_num_batched_tokens=16)
     assert greedy(llm, batch[:1]) == expected[:1]   # fills the cache
     assert greedy(llm, batch[1:]) == expected[1:]   # hits it, prefills only the tails (chunked)
     assert llm.engine.stats.prefix_cache_hits >= 2 * 32
