@@ -19,11 +19,23 @@ def random_prompts(count: int, seed: int, vocab: int, prefix: list[int] = ()) ->
 @torch.inference_mode()
 def transformers_greedy(path, prompts: list[list[int]]) -> list[list[int]]:
     """Each prompt alone through `transformers`' own generate: the reference."""
+    return [tokens for tokens, _ in transformers_greedy_logprobs(path, prompts)]
+
+
+@torch.inference_mode()
+def transformers_greedy_logprobs(path, prompts: list[list[int]]):
+    """Per prompt: transformers' greedy tokens and each one's log-probability."""
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     config = GenerationConfig(do_sample=False, max_new_tokens=NEW_TOKENS, eos_token_id=None,
-                              pad_token_id=0)
-    return [model.generate(torch.tensor([p]), generation_config=config)[0, len(p):].tolist()
-            for p in prompts]
+                              pad_token_id=0, output_scores=True, return_dict_in_generate=True)
+    results = []
+    for p in prompts:
+        out = model.generate(torch.tensor([p]), generation_config=config)
+        tokens = out.sequences[0, len(p):].tolist()
+        logprobs = [float(torch.log_softmax(scores[0], -1)[t])
+                    for scores, t in zip(out.scores, tokens)]
+        results.append((tokens, logprobs))
+    return results
 
 
 def assert_no_leaks(llm: LLM) -> None:
@@ -46,7 +58,7 @@ def run_greedy(llm: LLM, prompts) -> list[list[int]]:
 def reference(checkpoint):
     vocab = 384
     prompts = random_prompts(16, 0, vocab)
-    return prompts, transformers_greedy(checkpoint, prompts)
+    return prompts, transformers_greedy_logprobs(checkpoint, prompts)
 
 
 SETTINGS = {
@@ -60,11 +72,21 @@ SETTINGS = {
 }
 
 
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
 @pytest.mark.parametrize("setting", sorted(SETTINGS))
-def test_mixed_batch_matches_transformers(checkpoint, reference, setting):
+def test_mixed_batch_matches_transformers(checkpoint, reference, setting, backend):
+    """Same tokens, and each token's log-probability within 1e-4: equal tokens alone can hide an
+    attention error on random weights, whose attention is nearly uniform."""
     prompts, expected = reference
-    llm = LLM(str(checkpoint), attention_backend="torch", **SETTINGS[setting])
-    assert run_greedy(llm, prompts) == expected
+    llm = LLM(str(checkpoint), attention_backend=backend, **SETTINGS[setting])
+    params = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True, logprobs=0)
+    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    assert_no_leaks(llm)
+    for out, (tokens, logprobs) in zip(outputs, expected):
+        completion = out.outputs[0]
+        assert completion.token_ids == tokens
+        got = [entry[t].logprob for entry, t in zip(completion.logprobs, tokens)]
+        assert got == pytest.approx(logprobs, abs=1e-4)
     if setting.startswith("preempt"):
         assert llm.engine.stats.num_preemptions > 0
 

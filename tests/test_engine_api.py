@@ -188,3 +188,22 @@ def test_output_kind_final_only_reports_a_request_once(llm):
     assert len(seen["f"]) == 1 and seen["f"][0].finished
     assert seen["f"][0].outputs[0].token_ids == seen["c"][-1].outputs[0].token_ids
     assert seen["f"][0].outputs[0].cumulative_logprob is None  # no logprobs asked, none computed
+
+
+@torch.inference_mode()
+def test_repetition_penalty_matches_transformers(llm, llama_checkpoint):
+    """The engine hands each row's prompt and output tokens to the sampler: with a repetition
+    penalty, greedy output equals transformers' (same CTRL definition) and differs from none."""
+    from transformers import AutoModelForCausalLM, GenerationConfig
+    prompts = random_prompts(4, 21, 384)
+    penalised = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True,
+                               repetition_penalty=1.8)
+    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], penalised, use_tqdm=False)
+    hf = AutoModelForCausalLM.from_pretrained(llama_checkpoint, dtype=torch.float32).eval()
+    for prompt, out in zip(prompts, outputs):
+        expected = hf.generate(torch.tensor([prompt]), generation_config=GenerationConfig(
+            do_sample=False, max_new_tokens=20, eos_token_id=None, pad_token_id=0,
+            repetition_penalty=1.8))  # no EOS: like ignore_eos
+        assert out.outputs[0].token_ids == expected[0, len(prompt):].tolist()
+    plain = llm.generate([{"prompt_token_ids": p} for p in prompts], GREEDY, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in plain] != [o.outputs[0].token_ids for o in outputs]
