@@ -67,6 +67,9 @@ class AttentionBackend(ABC):
         """
 
 
+BACKEND_NAMES = ("auto", "torch", "cpu", "triton")  # what `attention_backend` accepts
+
+
 def get_backend(name: str = "auto", device: torch.device | str = "cpu", *,
                 dtype: torch.dtype = torch.float32, head_dim: int = 64,
                 block_size: int = 16) -> AttentionBackend:
@@ -89,5 +92,4 @@ def get_backend(name: str = "auto", device: torch.device | str = "cpu", *,
     if name == "triton":
         from minillm.attention.triton_backend import TritonAttentionBackend
         return TritonAttentionBackend()
-    raise ValueError(f"unknown attention_backend {name!r}: choose 'auto', 'torch', 'cpu' or "
-                     f"'triton'")
+    raise ValueError(f"unknown attention_backend {name!r}: choose one of {BACKEND_NAMES}")

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from minillm import LLM, SamplingParams
+from minillm.attention import BACKEND_NAMES
 
 
 @dataclass
@@ -121,8 +122,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hf-static-requests", type=int, default=128)
     parser.add_argument("--max-num-seqs", type=int, default=256)
     parser.add_argument("--max-num-batched-tokens", type=int, default=2048)
-    parser.add_argument("--attention-backend", default="auto",
-                        choices=["auto", "torch", "cpu", "triton"])
+    parser.add_argument("--attention-backend", default="auto", choices=BACKEND_NAMES)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                         help="weights and activations, for minillm and transformers alike")
     parser.add_argument("--seed", type=int, default=0)

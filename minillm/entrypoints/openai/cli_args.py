@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from minillm.attention import BACKEND_NAMES
 from minillm.config import EngineConfig, SchedulerConfig
 
 # vLLM flags that make no difference to minillm (one process, one device, no compilation):
@@ -39,7 +40,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                    default=True, help="reuse the KV blocks of shared prompt prefixes")
     g.add_argument("--scheduling-policy", default="fcfs", choices=["fcfs", "priority"])
     g.add_argument("--preemption-mode", default="recompute", choices=["recompute", "swap"])
-    g.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "cpu", "triton"])
+    g.add_argument("--attention-backend", default="auto", choices=BACKEND_NAMES)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, choices=[1],
                    help="minillm runs on one device")
