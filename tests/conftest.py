@@ -11,6 +11,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "kernels: Triton kernels under TRITON_INTERPRET=1")
     config.addinivalue_line("markers", "compile: Triton kernels compiled for real GPUs")
     config.addinivalue_line("markers", "browser: the built docs site in headless Chromium")
+    config.addinivalue_line("markers", "cuda: needs an NVIDIA GPU (tools/gpu_acceptance.sh)")
 
 
 @pytest.fixture(scope="session", params=sorted(CONFIGS))
