@@ -14,8 +14,10 @@ step, not per token. A stream keeps only the newest output: outputs are cumulati
 that falls behind skips straight to the latest text instead of replaying every token.
 
 Failures stay with their requests: a request the engine refuses fails alone (`add_request`
-raises), and a step that raises fails the requests it was running — the engine cannot say which
-one caused it — aborts them to free their blocks, and the loop goes on with the others.
+raises), and the server validates every value before a request gets here, so that a step never
+raises because of one request. If a step still raises (a bug), it fails the requests it was
+running — the engine cannot say which one caused it — aborts them to free their blocks, logs it
+as an error, and the loop goes on with the others.
 """
 from __future__ import annotations
 
@@ -47,8 +49,8 @@ class RequestStream:
     Lives on the event loop: only the loop's thread calls its methods.
     """
 
-    def __init__(self, request_id: str, interval: int | None = 1):
-        self.request_id, self.interval = request_id, interval
+    def __init__(self, request_id: str, interval: int | None = 1, num_seqs: int = 1):
+        self.request_id, self.interval, self.num_seqs = request_id, interval, num_seqs
         self.accepted: asyncio.Future = asyncio.get_running_loop().create_future()
         self.started = False  # has produced an output (so it is no longer waiting)
         self.finished = False
@@ -112,6 +114,7 @@ class AsyncEngine:
         self.engine = engine
         self.streams: dict[str, RequestStream] = {}  # unfinished requests, read on the loop only
         self.error: BaseException | None = None  # why the engine thread died, if it did
+        self.refusal: str | None = None  # set by abort_all: why new requests are refused
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -123,10 +126,16 @@ class AsyncEngine:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Abort what is left, then end the engine thread."""
-        for request_id in list(self.streams):
-            self.abort(request_id, RequestAborted("the server is shutting down"))
+        self.abort_all("the server is shutting down")
         self._commands.put(None)
         self._thread.join(timeout)
+
+    def abort_all(self, reason: str) -> None:
+        """Abort every request (its stream raises `RequestAborted(reason)`) and refuse new ones
+        the same way: the server is shutting down."""
+        self.refusal = reason
+        for request_id in list(self.streams):
+            self.abort(request_id, RequestAborted(reason))
 
     @property
     def is_alive(self) -> bool:
@@ -134,8 +143,9 @@ class AsyncEngine:
 
     @property
     def num_waiting(self) -> int:
-        """Requests accepted that have produced no output yet (queued or in their prefill)."""
-        return sum(not stream.started for stream in self.streams.values())
+        """Sequences (a request asks for `n`) accepted that have produced no output yet (queued
+        or in their prefill)."""
+        return sum(stream.num_seqs for stream in self.streams.values() if not stream.started)
 
     async def add_request(self, request_id: str, prompt: str | dict, params: SamplingParams,
                           priority: int = 0, arrival_time: float | None = None,
@@ -144,9 +154,11 @@ class AsyncEngine:
         `stream_interval`: see `RequestStream`."""
         if not self.is_alive:
             raise RuntimeError(f"the engine loop is not running: {self.error!r}")
+        if self.refusal is not None:
+            raise RequestAborted(self.refusal)
         if request_id in self.streams:
             raise ValueError(f"request id {request_id!r} is already in use")
-        stream = self.streams[request_id] = RequestStream(request_id, stream_interval)
+        stream = self.streams[request_id] = RequestStream(request_id, stream_interval, params.n)
         self._commands.put(_Add(stream, prompt, params, priority,
                                 arrival_time or time.monotonic()))
         try:
@@ -228,9 +240,10 @@ class AsyncEngine:
         """One engine step (idle steps refresh the statistics); outputs go to the loop at once."""
         try:
             outputs = self.engine.step()
-        except Exception as e:
+        except Exception as e:  # the last resort: the server should have refused the culprit
             running = list(dict.fromkeys(s.request_id for s in self.engine.scheduler.running))
-            logger.exception("engine step failed; failing requests %s", running)
+            logger.exception("engine step failed: failing all %d running requests %s (the "
+                             "engine cannot tell which one caused it)", len(running), running)
             for request_id in running:
                 self.engine.abort_request(request_id)
             self._call(self._fail, running, e)

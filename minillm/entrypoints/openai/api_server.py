@@ -1,45 +1,59 @@
 """The OpenAI-compatible HTTP server: `minillm serve [MODEL]`, or, as KServe runs vLLM,
 `python -m minillm.entrypoints.openai.api_server --model=/mnt/models --port=8080`.
 
-    FastAPI app ──► OpenAIServingCompletion / OpenAIServingChat ──► AsyncEngine ──► LLMEngine
-     (routes, auth,       (prompts, limits, responses, SSE)          (one engine thread)
-      request ids)
+    middleware ──► FastAPI app ──► OpenAIServingCompletion / OpenAIServingChat ──► AsyncEngine
+    (request ids,   (routes)         (prompts, limits, responses, SSE)        (one engine thread)
+     API key, body limit)
 
 Endpoints: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health,
-GET /version, GET /metrics, POST /tokenize, POST /detokenize.
+GET /version, GET /metrics, POST /tokenize, POST /detokenize; /openapi.json documents each one
+with every response it can send.
 
 Shutdown: the first SIGTERM (or Ctrl+C) stops admitting requests (503, /health too, so a load
 balancer stops sending them) and lets the in-flight ones finish, for at most --shutdown-timeout
-seconds; then uvicorn closes the connections and what is left is aborted. A second signal
-stops at once.
+seconds. Then what is left is aborted: a stream gets an error event and `[DONE]`, a waiting
+client a 503. uvicorn closes the connections (at most SHUTDOWN_GRACE more seconds) and the
+process exits 0. A second signal ends the wait at once, the same way.
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
+import functools
 import logging
-import secrets
+import os
 import time
-import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import minillm
 from minillm.engine.async_engine import AsyncEngine
 from minillm.engine.llm_engine import LLMEngine
 from minillm.entrypoints.openai.cli_args import add_server_arguments, engine_config
-from minillm.entrypoints.openai.errors import OpenAIError, install_error_handlers
+from minillm.entrypoints.openai.errors import (ERROR_RESPONSES, OpenAIError, error_response,
+                                               install_error_handlers)
 from minillm.entrypoints.openai.metrics import ServerMetrics
-from minillm.entrypoints.openai.protocol import (ChatCompletionRequest, CompletionRequest,
-                                                 DetokenizeRequest, DetokenizeResponse, ModelCard,
-                                                 ModelList, TokenizeRequest, TokenizeResponse)
+from minillm.entrypoints.openai.middleware import (ApiKeyMiddleware, BodyLimitMiddleware,
+                                                   H11HeaderTimeoutProtocol, RequestIdMiddleware)
+from minillm.entrypoints.openai.protocol import (ChatCompletionRequest, ChatCompletionResponse,
+                                                 CompletionRequest, CompletionResponse,
+                                                 DetokenizeRequest, DetokenizeResponse,
+                                                 HealthResponse, ModelCard, ModelList,
+                                                 TokenizeRequest, TokenizeResponse,
+                                                 VersionResponse)
 from minillm.entrypoints.openai.serving_chat import OpenAIServingChat
 from minillm.entrypoints.openai.serving_completion import OpenAIServingCompletion
 
 logger = logging.getLogger("minillm.server")
+
+SHUTDOWN_GRACE = 2  # seconds uvicorn waits for connections to close once the drain is over
 
 
 @dataclass
@@ -49,20 +63,11 @@ class ServerState:
     completion: OpenAIServingCompletion
     chat: OpenAIServingChat
     served_model_names: list[str]
-    api_key: str | None
     draining: bool = False  # after SIGTERM: no new requests
 
 
 def state(raw: Request) -> ServerState:
     return raw.app.state.minillm
-
-
-# -- dependencies -------------------------------------------------------------------------------
-async def check_api_key(raw: Request) -> None:
-    key = state(raw).api_key
-    given = raw.headers.get("authorization", "")
-    if key and not secrets.compare_digest(given.encode(), f"Bearer {key}".encode()):
-        raise OpenAIError(401, "missing or wrong API key: send `Authorization: Bearer <key>`")
 
 
 async def check_accepting(raw: Request) -> None:
@@ -71,16 +76,31 @@ async def check_accepting(raw: Request) -> None:
 
 
 # -- routes -------------------------------------------------------------------------------------
+def errors(*statuses: int) -> dict:
+    return {status: ERROR_RESPONSES[status] for status in statuses}
+
+
+def generated(model: type) -> dict:
+    """A generation's 200: a JSON body, or with `"stream": true` server-sent events (chunks of
+    the same shape, then `data: [DONE]`)."""
+    return {200: {"model": model, "description": "The response; with `stream: true`, "
+                  "server-sent events: one chunk of this shape per event, then `data: [DONE]`",
+                  "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+            **errors(404, 429, 503)}
+
+
 router = APIRouter()
-v1 = APIRouter(prefix="/v1", dependencies=[Depends(check_api_key)])
+v1 = APIRouter(prefix="/v1")
 
 
-@v1.post("/completions", dependencies=[Depends(check_accepting)])
+@v1.post("/completions", dependencies=[Depends(check_accepting)], response_model=None,
+         responses=generated(CompletionResponse))
 async def completions(request: CompletionRequest, raw: Request):
     return await state(raw).completion.create(request, raw)
 
 
-@v1.post("/chat/completions", dependencies=[Depends(check_accepting)])
+@v1.post("/chat/completions", dependencies=[Depends(check_accepting)], response_model=None,
+         responses=generated(ChatCompletionResponse))
 async def chat_completions(request: ChatCompletionRequest, raw: Request):
     return await state(raw).chat.create(request, raw)
 
@@ -88,86 +108,90 @@ async def chat_completions(request: ChatCompletionRequest, raw: Request):
 @v1.get("/models")
 async def models(raw: Request) -> ModelList:
     s = state(raw)
-    engine = s.engine.engine
-    return ModelList(data=[ModelCard(id=name, root=engine.model_path,
-                                     max_model_len=engine.max_model_len)
+    return ModelList(data=[ModelCard(id=name, root=name, max_model_len=s.chat.max_model_len)
                            for name in s.served_model_names])
 
 
-@router.get("/health")
-async def health(raw: Request) -> Response:
+@router.get("/health", responses=errors(503))
+async def health(raw: Request) -> HealthResponse:
     """200 while the engine loop runs and requests are admitted, else 503."""
     s = state(raw)
-    return Response(status_code=200 if s.engine.is_alive and not s.draining else 503)
+    if s.draining:
+        raise OpenAIError(503, "the server is shutting down")
+    if not s.engine.is_alive:
+        raise OpenAIError(503, "the engine loop is not running")
+    return HealthResponse()
 
 
 @router.get("/version")
-async def version() -> dict:
-    return {"version": minillm.__version__}
+async def version() -> VersionResponse:
+    return VersionResponse(version=minillm.__version__)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse,
+            responses={200: {"description": "Prometheus' text format",
+                             "content": {"text/plain": {"schema": {"type": "string"}}}}})
 async def metrics(raw: Request) -> Response:
     return Response(generate_latest(state(raw).metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.post("/tokenize")
+@router.post("/tokenize", responses=errors(404))
 async def tokenize(request: TokenizeRequest, raw: Request) -> TokenizeResponse:
     serving = state(raw).chat
     serving.model_name(request.model)
     if (request.prompt is None) == (request.messages is None):
         raise OpenAIError(400, "give either `prompt` or `messages`")
     if request.messages is not None:
-        ids = serving.render(request.messages, request.add_generation_prompt)["prompt_token_ids"]
+        rendered = await serving.render(request.messages, request.add_generation_prompt)
+        ids = rendered["prompt_token_ids"]
     else:
-        ids = serving.encode(request.prompt, request.add_special_tokens is not False)
-    strs = serving.tokenizer.convert_ids_to_tokens(ids) if request.return_token_strs else None
+        ids = await serving.encode(request.prompt, request.add_special_tokens is not False)
+    strs = (await asyncio.to_thread(serving.tokenizer.convert_ids_to_tokens, ids)
+            if request.return_token_strs else None)
     return TokenizeResponse(count=len(ids), max_model_len=serving.max_model_len, tokens=ids,
                             token_strs=strs)
 
 
-@router.post("/detokenize")
+@router.post("/detokenize", responses=errors(404))
 async def detokenize(request: DetokenizeRequest, raw: Request) -> DetokenizeResponse:
     serving = state(raw).chat
     serving.model_name(request.model)
-    return DetokenizeResponse(prompt=serving.tokenizer.decode(request.tokens))
+    return DetokenizeResponse(prompt=await serving.decode(request.tokens))
 
 
 # -- the app ------------------------------------------------------------------------------------
-class RequestIdMiddleware:
-    """Every request gets an id — the client's `X-Request-Id`, or a new one — that is returned in
-    the response's `X-Request-Id`, names the engine request, and starts its log line."""
-
-    def __init__(self, app, log_requests: bool = True):
-        self.app, self.log_requests = app, log_requests
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope["headers"])
-        request_id = headers.get(b"x-request-id", b"").decode() or uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
-        started, status = time.monotonic(), []
-
-        async def send_with_id(message):
-            if message["type"] == "http.response.start":
-                status.append(message["status"])
-                message["headers"] = [*message.get("headers", []),
-                                      (b"x-request-id", request_id.encode())]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            if self.log_requests and scope["path"] != "/metrics":
-                logger.info("request %s: %s %s -> %s in %.3f s", request_id, scope["method"],
-                            scope["path"], status[0] if status else "disconnected",
-                            time.monotonic() - started)
+def openapi_schema(app: FastAPI) -> dict:
+    """FastAPI's schema, plus what the middleware does: the X-Request-Id header and the errors
+    it answers (400, 401 on /v1, 413 on bodies, 500); without FastAPI's 422, which this server
+    answers as 400."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+    request_id = {"name": "X-Request-Id", "in": "header", "required": False,
+                  "description": "names the request (1 to 128 printable ASCII characters)",
+                  "schema": {"type": "string"}}
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            operation["responses"].pop("422", None)
+            operation.setdefault("parameters", []).append(request_id)
+            common = [400, 500] + [413] * (method == "post") + [401] * path.startswith("/v1")
+            for status in common:
+                operation["responses"].setdefault(str(status), {
+                    "description": ERROR_RESPONSES[status]["description"],
+                    "content": {"application/json": {
+                        "schema": {"$ref": "#/components/schemas/ErrorResponse"}}}})
+    components = schema["components"]["schemas"]
+    components.pop("HTTPValidationError", None)
+    components.pop("ValidationError", None)
+    components.setdefault("ErrorResponse", ERROR_RESPONSES[400]["model"].model_json_schema(
+        ref_template="#/components/schemas/{model}"))
+    app.openapi_schema = schema
+    return schema
 
 
 def build_app(engine: LLMEngine, served_model_names: list[str], api_key: str | None = None,
               max_waiting_requests: int | None = None, stream_interval: int = 1,
-              log_requests: bool = True) -> FastAPI:
+              log_requests: bool = True, max_body_bytes: int | None = None) -> FastAPI:
     """The FastAPI app around an engine; the engine thread runs while the app's lifespan does."""
     async_engine = AsyncEngine(engine)
     metrics = ServerMetrics(engine.stats, served_model_names[0])
@@ -181,39 +205,50 @@ def build_app(engine: LLMEngine, served_model_names: list[str], api_key: str | N
 
     app = FastAPI(title="minillm", version=minillm.__version__, lifespan=lifespan)
     app.state.minillm = ServerState(async_engine, metrics, OpenAIServingCompletion(*serving),
-                                    OpenAIServingChat(*serving), served_model_names, api_key)
+                                    OpenAIServingChat(*serving), served_model_names)
     app.include_router(router)
     app.include_router(v1)
     install_error_handlers(app)
+    app.openapi = functools.partial(openapi_schema, app)
+    # The last added runs first: request ids around everything, the key before the body.
+    if max_body_bytes is not None:
+        app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    if api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=api_key)
     app.add_middleware(RequestIdMiddleware, log_requests=log_requests)
     return app
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn, but the first SIGTERM/SIGINT drains before uvicorn's own shutdown begins."""
+    """uvicorn, but the first SIGTERM/SIGINT drains before uvicorn's own shutdown begins, and
+    what the drain leaves at its deadline is aborted with an answer (not cut off)."""
 
     def __init__(self, config: uvicorn.Config, app_state: ServerState, timeout: float):
         super().__init__(config)
         self.app_state, self.timeout = app_state, timeout
-        self.signal, self.deadline = None, 0.0
+        self.deadline: float | None = None
 
     def handle_exit(self, sig, frame) -> None:
-        if self.signal is not None:  # a second signal: no more waiting
-            return super().handle_exit(sig, frame)
+        if self.deadline is not None:  # a second signal: no more waiting
+            self.deadline = 0.0
+            return
         in_flight = len(self.app_state.engine.streams)
         logger.info("signal %d: draining %d in-flight requests (at most %.0f s); new requests "
                     "get 503", sig, in_flight, self.timeout)
         self.app_state.draining = True
-        self.signal, self.deadline = (sig, frame), time.monotonic() + self.timeout
+        self.deadline = time.monotonic() + self.timeout
 
     async def on_tick(self, counter: int) -> bool:
         # uvicorn calls this every 0.1 s: hand over to its shutdown once drained or out of time.
-        if self.signal is not None and not self.should_exit:
-            in_flight = len(self.app_state.engine.streams)
-            if in_flight == 0 or time.monotonic() > self.deadline:
-                if in_flight:
-                    logger.warning("shutdown timeout: aborting %d requests", in_flight)
-                super().handle_exit(*self.signal)
+        # Setting should_exit (not uvicorn's handle_exit) keeps the signal from being raised
+        # again after the shutdown, so the process exits 0.
+        if self.deadline is not None and not self.should_exit:
+            engine = self.app_state.engine
+            if not engine.streams or time.monotonic() > self.deadline:
+                if engine.streams:
+                    logger.warning("shutdown timeout: aborting %d requests", len(engine.streams))
+                engine.abort_all("the server is shutting down")  # and refuse late arrivals
+                self.should_exit = True
         return await super().on_tick(counter)
 
 
@@ -226,6 +261,19 @@ def log_startup(engine: LLMEngine, names: list[str]) -> None:
                 blocks * engine.block_bytes / 2**20)
 
 
+def default_model_name(args: argparse.Namespace) -> str:
+    """The checkpoint folder's name, not its path: /v1/models shows the served names, and a
+    path tells clients how the server's disk is laid out."""
+    model = args.model_tag or args.model
+    return Path(model).name if model else "minillm-tiny"
+
+
+def api_key(args: argparse.Namespace) -> str | None:
+    """--api-key, else MINILLM_API_KEY or VLLM_API_KEY: an environment variable does not show
+    in `ps`, a command line does."""
+    return args.api_key or os.environ.get("MINILLM_API_KEY") or os.environ.get("VLLM_API_KEY")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_server_arguments(parser)
 
@@ -234,16 +282,16 @@ def main(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                                                    "%(message)s")
     engine = LLMEngine(engine_config(args))
-    names = args.served_model_name or [args.model_tag or args.model or "minillm-tiny"]
+    names = args.served_model_name or [default_model_name(args)]
     log_startup(engine, names)
-    app = build_app(engine, names, args.api_key, args.max_waiting_requests,
-                    args.stream_interval, not args.disable_log_requests)
+    app = build_app(engine, names, api_key(args), args.max_waiting_requests,
+                    args.stream_interval, not args.disable_log_requests,
+                    args.max_request_body_bytes)
+    http = functools.partial(H11HeaderTimeoutProtocol, header_timeout=args.header_read_timeout)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.uvicorn_log_level,
-                            access_log=False, timeout_graceful_shutdown=5)
-    try:
-        DrainingServer(config, app.state.minillm, args.shutdown_timeout).run()
-    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl+C it handled: already shut down
-        pass
+                            access_log=False, timeout_graceful_shutdown=SHUTDOWN_GRACE,
+                            limit_concurrency=args.limit_concurrency, http=http)
+    DrainingServer(config, app.state.minillm, args.shutdown_timeout).run()
 
 
 if __name__ == "__main__":

@@ -73,11 +73,21 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--host", default="0.0.0.0")
     g.add_argument("--port", type=int, default=8000)
     g.add_argument("--served-model-name", nargs="+", default=None,
-                   help="name(s) clients use in `model` (default: --model)")
+                   help="name(s) clients use in `model` (default: the --model folder's name)")
     g.add_argument("--api-key", default=None,
-                   help="require `Authorization: Bearer KEY` on /v1 endpoints")
+                   help="require `Authorization: Bearer KEY` on /v1 endpoints (better: the "
+                        "MINILLM_API_KEY or VLLM_API_KEY environment variable, which `ps` does "
+                        "not show)")
     g.add_argument("--max-waiting-requests", type=int, default=1024,
-                   help="answer 429 beyond this many requests waiting for their first token")
+                   help="answer 429 beyond this many sequences (n per prompt) waiting for "
+                        "their first token")
+    g.add_argument("--max-request-body-bytes", type=int, default=10 * 2**20,
+                   help="answer 413 to a larger request body (default 10 MiB)")
+    g.add_argument("--header-read-timeout", type=float, default=10.0,
+                   help="seconds a client has to send a request's headers before its "
+                        "connection is closed")
+    g.add_argument("--limit-concurrency", type=int, default=None,
+                   help="uvicorn answers 503 beyond this many connections and in-flight requests")
     g.add_argument("--stream-interval", type=int, default=1,
                    help="send a streamed chunk every N tokens (the first and last at once)")
     g.add_argument("--shutdown-timeout", type=float, default=30.0,

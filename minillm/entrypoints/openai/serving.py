@@ -2,9 +2,16 @@
 
 A request's life, whichever endpoint it came from:
 
-    admit (draining? queue full?) ─► tokenize, check the context length ─► engine.add_request
-      ─► read the RequestStream ─► response / SSE chunks
+    validate ─► tokenize (off the event loop), check the context length ─► admit (queue full?)
+      ─► engine.add_request ─► read the RequestStream ─► response / SSE chunks
       ─► on the way out: finished → metrics; anything else (client gone, error) → abort
+
+Every value is checked before the engine sees it (the body by pydantic, then the vocabulary,
+the context length and `SamplingParams` here): a bad value is the client's 400, never a failed
+engine step that would take the requests running beside it down too.
+
+Tokenizing a long prompt takes a while (seconds for megabytes), so it runs in a worker thread
+(the Rust tokenizer lets go of the GIL): the event loop keeps serving every other request.
 
 The abort on the way out is what frees a vanished client's KV blocks at once. A streaming
 response notices the disconnect itself (Starlette cancels the body when the client leaves); a
@@ -22,7 +29,7 @@ from fastapi import Request
 from pydantic import BaseModel
 
 from minillm.engine.async_engine import AsyncEngine, RequestAborted, RequestStream
-from minillm.entrypoints.openai.errors import OpenAIError
+from minillm.entrypoints.openai.errors import OpenAIError, error_body
 from minillm.entrypoints.openai.metrics import ServerMetrics
 from minillm.entrypoints.openai.protocol import PromptTokensDetails, UsageInfo
 from minillm.outputs import CompletionOutput, RequestOutput
@@ -40,6 +47,7 @@ class OpenAIServing:
         self.stream_interval = stream_interval
         self.tokenizer = engine.engine.tokenizer
         self.max_model_len = engine.engine.max_model_len
+        self.vocab_size = engine.engine.model.config.vocab_size
 
     # -- checks -------------------------------------------------------------------------------
     def model_name(self, requested: str | None) -> str:
@@ -64,24 +72,47 @@ class OpenAIServing:
                 f"the prompt or completion."), "max_tokens")
         return requested
 
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        # Safe beside the engine thread's decoding: a fast tokenizer's encode/decode share no
-        # mutable state unless truncation or padding settings change, and they never do here.
-        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+    def check_token_ids(self, ids: list[int], param: str) -> None:
+        bad = [t for t in ids if t >= self.vocab_size]  # pydantic refused negative ones
+        if bad:
+            raise OpenAIError(400, f"token ids {bad[:5]} are outside the vocabulary "
+                                   f"[0, {self.vocab_size})", param)
+
+    # Safe in worker threads beside the engine thread's decoding: a fast tokenizer's
+    # encode/decode share no mutable state unless truncation or padding settings change, and
+    # they never do here.
+    async def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return await asyncio.to_thread(self.tokenizer.encode, text,
+                                       add_special_tokens=add_special_tokens)
+
+    async def decode(self, ids: list[int]) -> str:
+        self.check_token_ids(ids, "tokens")
+        return await asyncio.to_thread(self.tokenizer.decode, ids)
 
     def sampling_params(self, request, max_tokens: int, logprobs: int | None) -> SamplingParams:
+        """The engine's settings; SamplingParams' ValueError (`top_k must be ...`) is a 400
+        naming the field."""
         try:
             return request.sampling_params(max_tokens, logprobs)
         except ValueError as e:
-            raise OpenAIError(400, str(e)) from e
+            field = str(e).split(" ", 1)[0]
+            raise OpenAIError(400, str(e), field if field in type(request).model_fields
+                              else None) from e
 
-    def _admit(self, count: int) -> None:
-        """Refuse work the server cannot queue: better a fast 429 than an unbounded wait."""
+    def _admit(self, params: list[SamplingParams]) -> None:
+        """Refuse work the server cannot queue: better a fast 429 than an unbounded wait. The
+        queue is counted in sequences: a request for n samples of each of p prompts is p * n."""
         if not self.engine.is_alive:
             raise OpenAIError(503, "the engine loop is not running")
-        limit = self.max_waiting_requests
-        if limit is not None and self.engine.num_waiting + count > limit:
-            raise OpenAIError(429, f"the server already has {self.engine.num_waiting} requests "
+        limit, count = self.max_waiting_requests, sum(p.n for p in params)
+        if limit is None:
+            return
+        if count > limit:
+            raise OpenAIError(400, f"this request asks for {count} sequences ({len(params)} "
+                                   f"prompts, n={params[0].n}); the server queues at most "
+                                   f"{limit} (--max-waiting-requests)", "n")
+        if self.engine.num_waiting + count > limit:
+            raise OpenAIError(429, f"the server already has {self.engine.num_waiting} sequences "
                                    f"waiting (--max-waiting-requests {limit}); retry later",
                               headers={"Retry-After": "1"})
 
@@ -91,7 +122,7 @@ class OpenAIServing:
         """Add one engine request per prompt (ids `request_id`, or `request_id-i` for a batch);
         all or none: if one is refused, those already added are aborted (400). A streamed
         response reads every `stream_interval` tokens, a whole one only the end."""
-        self._admit(len(prompts))
+        self._admit(params)
         ids = [request_id] if len(prompts) == 1 else [f"{request_id}-{i}"
                                                         for i in range(len(prompts))]
         arrival, streams = time.monotonic(), []
@@ -109,6 +140,15 @@ class OpenAIServing:
                 raise OpenAIError(503, str(e)) from e
             raise
         return streams
+
+    async def finish(self, streams: list[RequestStream], raw: Request) -> None:
+        """Read `streams` to their end, for a non-streamed response (its `last` outputs)."""
+        async with self.tracked(streams, raw):
+            try:
+                async for _ in merge(streams):
+                    pass  # outputs are cumulative: the last one of each stream is the answer
+            except RequestAborted as e:  # shutting down, or the client is gone (then unheard)
+                raise OpenAIError(503, str(e)) from e
 
     @contextlib.asynccontextmanager
     async def tracked(self, streams: list[RequestStream], raw: Request | None = None):
@@ -189,6 +229,18 @@ class DeltaTracker:
         if c.finish_reason is not None:
             self.done.add(key)
         return c.text[chars:], tokens
+
+
+def stream_error(request_id: str, e: Exception) -> str:
+    """The end of a stream that failed after its headers were sent: an error event, then
+    `[DONE]`. An abort (the server is shutting down) is a 503, anything else a 500 (a bug)."""
+    if isinstance(e, RequestAborted):
+        status = 503
+        logger.warning("request %s: stream ended early: %s", request_id, e)
+    else:
+        status = 500
+        logger.error("request %s: stream failed", request_id, exc_info=e)
+    return sse(error_body(status, f"{type(e).__name__}: {e}")) + SSE_DONE
 
 
 def usage(outputs: list[RequestOutput]) -> UsageInfo:

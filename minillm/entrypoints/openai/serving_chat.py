@@ -5,28 +5,32 @@ content deltas; the last chunk of a choice carries its `finish_reason`.
 """
 from __future__ import annotations
 
+import asyncio
 import time
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from minillm.engine.async_engine import RequestStream
-from minillm.entrypoints.openai.errors import OpenAIError, error_body
+from minillm.entrypoints.openai.errors import OpenAIError
 from minillm.entrypoints.openai.protocol import (AssistantMessage, ChatCompletionChoice,
                                                  ChatCompletionChunk, ChatCompletionRequest,
                                                  ChatCompletionResponse, ChatLogprob,
                                                  ChatLogprobs, ChatMessage, ChatStreamChoice,
                                                  DeltaMessage, TopLogprob)
 from minillm.entrypoints.openai.serving import (SSE_DONE, DeltaTracker, OpenAIServing, merge, sse,
-                                                usage)
+                                                stream_error, usage)
 from minillm.outputs import CompletionOutput
 
 
 class OpenAIServingChat(OpenAIServing):
     async def create(self, request: ChatCompletionRequest, raw: Request):
         model = self.model_name(request.model)
-        prompt = self.render(request.messages, request.add_generation_prompt)
-        requested = request.max_completion_tokens or request.max_tokens
+        if request.top_logprobs is not None and not request.logprobs:
+            raise OpenAIError(400, "top_logprobs needs logprobs: true", "top_logprobs")
+        prompt = await self.render(request.messages, request.add_generation_prompt)
+        requested = (request.max_tokens if request.max_completion_tokens is None
+                     else request.max_completion_tokens)
         top = (request.top_logprobs or 0) if request.logprobs else None
         params = self.sampling_params(
             request, self.max_tokens(requested, len(prompt["prompt_token_ids"])), top)
@@ -38,24 +42,23 @@ class OpenAIServingChat(OpenAIServing):
                                      media_type="text/event-stream")
         return await self._full(request, raw, streams, request_id, model)
 
-    def render(self, messages: list[ChatMessage], add_generation_prompt: bool) -> dict:
+    async def render(self, messages: list[ChatMessage], add_generation_prompt: bool) -> dict:
         """The prompt the model was trained to see: text and token ids."""
         if not self.tokenizer.chat_template:
             raise OpenAIError(400, "this model has no chat template: use /v1/completions")
         conversation = [{"role": m.role, "content": m.text()} for m in messages]
-        try:
-            text = self.tokenizer.apply_chat_template(
-                conversation, tokenize=False, add_generation_prompt=add_generation_prompt)
+        try:  # a template renders in Python: long messages take a while, so off the loop too
+            text = await asyncio.to_thread(self.tokenizer.apply_chat_template, conversation,
+                                           tokenize=False,
+                                           add_generation_prompt=add_generation_prompt)
         except Exception as e:  # the template's own checks (roles, order) raise
             raise OpenAIError(400, f"cannot apply the chat template: {e}", "messages") from e
         # The template already wrote any special tokens (BOS) the model expects.
-        return {"prompt": text, "prompt_token_ids": self.encode(text, add_special_tokens=False)}
+        return {"prompt": text, "prompt_token_ids": await self.encode(text, False)}
 
     async def _full(self, request: ChatCompletionRequest, raw: Request,
                     streams: list[RequestStream], request_id: str, model: str):
-        async with self.tracked(streams, raw):
-            async for _ in merge(streams):
-                pass
+        await self.finish(streams, raw)
         output = streams[0].last
         choices = [ChatCompletionChoice(
             index=c.index, message=AssistantMessage(content=c.text),
@@ -83,8 +86,7 @@ class OpenAIServingChat(OpenAIServing):
                         if part is not None:
                             yield chunk([_stream_choice(request, c, *part)])
             except Exception as e:  # headers are sent: report in the stream, then end it
-                yield sse(error_body(500, f"{type(e).__name__}: {e}"))
-                yield SSE_DONE
+                yield stream_error(request_id, e)
                 return
         if request.include_usage:
             yield chunk([], usage=usage([streams[0].last]))

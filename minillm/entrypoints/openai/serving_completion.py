@@ -11,11 +11,11 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from minillm.engine.async_engine import RequestStream
-from minillm.entrypoints.openai.errors import OpenAIError, error_body
+from minillm.entrypoints.openai.errors import OpenAIError
 from minillm.entrypoints.openai.protocol import (CompletionChoice, CompletionLogProbs,
                                                  CompletionRequest, CompletionResponse)
 from minillm.entrypoints.openai.serving import (SSE_DONE, DeltaTracker, OpenAIServing, merge, sse,
-                                                usage)
+                                                stream_error, usage)
 from minillm.outputs import CompletionOutput, RequestOutput
 
 
@@ -25,7 +25,7 @@ class OpenAIServingCompletion(OpenAIServing):
         if request.echo and request.logprobs is not None:
             raise OpenAIError(400, "echo with logprobs is not supported: the engine does not "
                                    "compute the prompt's log-probabilities", "echo")
-        prompts = [self._prompt(p, request.echo) for p in _split(request.prompt)]
+        prompts = [await self._prompt(p, request.echo) for p in _split(request.prompt)]
         params = [self.sampling_params(request, self.max_tokens(
             request.max_tokens, len(p["prompt_token_ids"])), request.logprobs) for p in prompts]
         request_id = f"cmpl-{raw.state.request_id}"
@@ -36,20 +36,19 @@ class OpenAIServingCompletion(OpenAIServing):
                                      media_type="text/event-stream")
         return await self._full(request, raw, streams, request_id, model)
 
-    def _prompt(self, prompt: str | list[int], echo: bool) -> dict:
-        if isinstance(prompt, str):
-            ids = self.encode(prompt)
-        else:  # token ids: their text is needed only to echo it
-            ids, prompt = prompt, self.tokenizer.decode(prompt) if echo else None
-        if not ids:
+    async def _prompt(self, prompt: str | list[int], echo: bool) -> dict:
+        if not prompt:  # "" would be the BOS token alone for many tokenizers
             raise OpenAIError(400, "the prompt is empty", "prompt")
+        if isinstance(prompt, str):
+            ids = await self.encode(prompt)
+        else:  # token ids: their text is needed only to echo it
+            self.check_token_ids(prompt, "prompt")
+            ids, prompt = prompt, await self.decode(prompt) if echo else None
         return {"prompt": prompt, "prompt_token_ids": ids}
 
     async def _full(self, request: CompletionRequest, raw: Request, streams: list[RequestStream],
                     request_id: str, model: str) -> CompletionResponse:
-        async with self.tracked(streams, raw):
-            async for _ in merge(streams):
-                pass  # outputs are cumulative: the last one of each stream is the answer
+        await self.finish(streams, raw)
         outputs = [s.last for s in streams]
         choices = [_choice(request, o, c, i * request.n + c.index, c.text, 0)
                    for i, o in enumerate(outputs) for c in o.outputs]
@@ -70,8 +69,7 @@ class OpenAIServingCompletion(OpenAIServing):
                         yield sse(CompletionResponse(id=request_id, created=created, model=model,
                                                      choices=[choice]))
             except Exception as e:  # headers are sent: report in the stream, then end it
-                yield sse(error_body(500, f"{type(e).__name__}: {e}"))
-                yield SSE_DONE
+                yield stream_error(request_id, e)
                 return
         if request.include_usage:
             yield sse(CompletionResponse(id=request_id, created=created, model=model, choices=[],
