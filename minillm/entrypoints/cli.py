@@ -12,6 +12,10 @@ COMMANDS = {
     "bench throughput": "minillm.bench.throughput",
     "bench serve": "minillm.bench.serve",
     "bench memory": "minillm.bench.memory",
+    "bench latency": "minillm.bench.latency",
+    "bench peers": "minillm.bench.peers",
+    "launch": "minillm.entrypoints.launch",
+    "plan": "minillm.bench.plan",
 }
 
 

@@ -1,0 +1,51 @@
+"""What a router or a gateway asks a worker, beyond the OpenAI API: its load and its shape.
+
+vllm-router (and SGLang's router, which it grew from) call these on every worker:
+
+    GET /get_load          {"load": N}               power_of_two picks the less loaded of two
+    GET /load              {"server_load": N}        vLLM's name for the same number
+    GET /get_server_info   engine settings           kv_aware reads the KV block size here
+    GET /get_model_info    {"model_path": ...}       the router proxies it to clients
+
+N counts the requests in the server: running, waiting, or still streaming their last tokens.
+/health, /v1/models and /metrics (vLLM's `vllm:` names) are in api_server.py.
+"""
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+import minillm
+
+router = APIRouter()
+
+
+def _in_flight(raw: Request) -> int:
+    return len(raw.app.state.minillm.engine.streams)
+
+
+@router.get("/get_load")
+async def get_load(raw: Request) -> dict:
+    return {"load": _in_flight(raw)}
+
+
+@router.get("/load")
+async def load(raw: Request) -> dict:
+    return {"server_load": _in_flight(raw)}
+
+
+@router.get("/get_server_info")
+async def get_server_info(raw: Request) -> dict:
+    state = raw.app.state.minillm
+    engine = state.engine.engine
+    config = engine.config
+    return {"version": minillm.__version__, "model_path": engine.model_path,
+            "served_model_name": state.served_model_names[0],
+            "max_model_len": engine.max_model_len, "block_size": config.block_size,
+            "num_gpu_blocks": engine.block_manager.num_blocks,
+            "enable_prefix_caching": config.enable_prefix_caching}
+
+
+@router.get("/get_model_info")
+async def get_model_info(raw: Request) -> dict:
+    path = raw.app.state.minillm.engine.engine.model_path
+    return {"model_path": path, "tokenizer_path": path, "is_generation": True}
