@@ -4,9 +4,12 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 from transformers import AutoModelForCausalLM, GenerationConfig
 
 from minillm.model import CheckpointError, load_model, load_tokenizer
+from minillm.model.packed_linear import (PackedLinear, can_pack, pack_linear_layers,
+                                          packing_refused)
 from minillm.naive import ContiguousKVCache, generate_ids
 
 
@@ -124,20 +127,84 @@ def test_missing_tokenizer(llama_checkpoint, tmp_path):
         load_tokenizer(folder)
 
 
-@torch.inference_mode()
-@pytest.mark.parametrize("dtype, atol", [("float32", 1e-4), ("bfloat16", 0.1)])
-def test_packed_linear_layers_match_transformers(checkpoint, dtype, atol):
-    """The engine's CPU model: every nn.Linear replaced by a oneDNN-packed one, same logits."""
-    from torch import nn
+# --- the engine's CPU model: linear layers packed for oneDNN where the probe allows -----------
 
-    from minillm.model.packed_linear import PackedLinear, can_pack, pack_linear_layers
+def engine_model(checkpoint, dtype: str):
+    """The model as the engine builds it on a CPU: packed where `can_pack` says so."""
     model = load_model(checkpoint, dtype=dtype)
-    assert can_pack(model)
+    if can_pack(model):
+        pack_linear_layers(model)
+    return model
+
+
+def count_layers(model) -> tuple[int, int]:
+    """(PackedLinear, nn.Linear) modules in the model."""
+    kinds = [type(m) for m in model.modules()]
+    return kinds.count(PackedLinear), kinds.count(nn.Linear)
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("disable_packing", [False, True], ids=["probe", "disabled"])
+@pytest.mark.parametrize("dtype, atol", [("float32", 1e-4), ("bfloat16", 0.1)])
+def test_packed_or_fallback_linear_layers_match_transformers(checkpoint, dtype, atol,
+                                                             disable_packing, monkeypatch):
+    """Every nn.Linear is replaced by a oneDNN-packed one where the probe accepts the dtype on
+    this CPU (and packing is not switched off), none where not; the logits match either way."""
+    if disable_packing:
+        monkeypatch.setenv("MINILLM_DISABLE_PACKING", "1")
+    model = engine_model(checkpoint, dtype)
+    linears = 7 * model.config.num_layers + 1
+    packs = not disable_packing and packing_refused(getattr(torch, dtype)) is None
+    assert count_layers(model) == ((linears, 0) if packs else (0, linears))
     reference = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=getattr(torch, dtype))
-    pack_linear_layers(model)
-    assert not any(isinstance(m, nn.Linear) for m in model.modules())
-    assert sum(isinstance(m, PackedLinear) for m in model.modules()) == 7 * model.config.num_layers + 1
     ids = random_prompt(50, 7, model.config.vocab_size)
     expected = reference.eval()(torch.tensor([ids])).logits[0].float()
     hidden = model(torch.tensor(ids), torch.arange(50), ContiguousKVCache(model, 50))
-    torch.testing.assert_close(model.compute_logits(hidden), expected, atol=atol, rtol=0)
+    torch.testing.assert_close(model.compute_logits(hidden).float(), expected, atol=atol, rtol=0)
+
+
+def dense_state(model) -> dict[str, torch.Tensor]:
+    """The model's state_dict with packed weights unpacked under nn.Linear's name."""
+    return {name.replace(".packed_weight", ".weight"):
+            tensor.to_dense() if tensor.layout == torch._mkldnn else tensor
+            for name, tensor in model.state_dict().items()}
+
+
+def logits_of(model, ids: list[int]) -> torch.Tensor:
+    n = len(ids)
+    with torch.inference_mode():
+        return model.compute_logits(model(torch.tensor(ids), torch.arange(n),
+                                          ContiguousKVCache(model, n)))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_packed_model_keeps_every_tensor_in_state_dict_and_through_to(checkpoint, dtype):
+    """Packed weights are buffers: the state_dict holds as many tensors as the unpacked model's,
+    each linear layer's `weight` as `packed_weight` (a oneDNN tensor whose `to_dense()` is the
+    weight), and `.to()` converts them (to every other dtype the probe accepts, and back)."""
+    if packing_refused(getattr(torch, dtype)) is not None:
+        pytest.skip(f"the probe refuses {dtype} on this CPU: {packing_refused(getattr(torch, dtype))}")
+    model = load_model(checkpoint, dtype=dtype)
+    unpacked = {name: t.clone() for name, t in model.state_dict().items()}
+    ids = random_prompt(20, 3, model.config.vocab_size)
+    logits = logits_of(pack_linear_layers(model), ids)
+
+    state = model.state_dict()
+    assert len(state) == len(unpacked)
+    assert sum(name.endswith(".packed_weight") for name in state) == 7 * model.config.num_layers + 1
+    assert dense_state(model).keys() == unpacked.keys()
+    for name, tensor in dense_state(model).items():
+        assert torch.equal(tensor, unpacked[name]), name
+
+    assert torch.equal(logits_of(model.to("cpu").to(getattr(torch, dtype)), ids), logits)
+    for other in ("float32", "bfloat16"):
+        if other == dtype or packing_refused(getattr(torch, other)) is not None:
+            continue
+        converted = dense_state(model.to(getattr(torch, other)))
+        loaded = load_model(checkpoint, dtype=other).state_dict()
+        assert converted.keys() == loaded.keys()
+        for name, tensor in converted.items():
+            assert torch.equal(tensor, loaded[name].to(getattr(torch, other))), (other, name)
+        assert count_layers(model) == (7 * model.config.num_layers + 1, 0)
+        model.to(getattr(torch, dtype))
+    assert torch.equal(logits_of(model, ids), logits)  # back where it started

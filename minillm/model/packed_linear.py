@@ -7,43 +7,101 @@ float32 product, with the usual rounding differences of a different summation or
 as fast on the machine of docs/benchmarks.md. vLLM's CPU backend calls oneDNN for its linear
 layers too.
 
-The engine packs its model on CPU (`pack_linear_layers`); `load_model` alone does not, so the
-chapters and tests see plain `nn.Linear` modules with their checkpoint weights.
+The engine packs its model on CPU (`can_pack`, then `pack_linear_layers`); `load_model` alone does
+not, so the chapters and tests see plain `nn.Linear` modules with their checkpoint weights.
+
+Whether oneDNN can run a dtype depends on the CPU, not only on the torch build: its bfloat16 path
+needs AVX-512 (or AVX-NE-CONVERT) and raises on a CPU with AVX2 only. So packing is decided by a
+probe - pack a small random layer, run it, compare with `F.linear` - once per dtype and process;
+where it fails the model keeps its `nn.Linear` layers and one log line says why.
+`MINILLM_DISABLE_PACKING=1` keeps them on any machine (CI runs the engine tests that way).
 """
 from __future__ import annotations
 
+import functools
+import logging
+import os
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
+logger = logging.getLogger("minillm")
 
-
-def can_pack(model: nn.Module) -> bool:
-    """oneDNN is in this build of torch and the model is on the CPU in float32 or bfloat16."""
-    weight = next(model.parameters())
-    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-            and weight.device.type == "cpu" and weight.dtype in PACKABLE_DTYPES)
+PACKABLE_DTYPES = (torch.float32, torch.bfloat16)  # the dtypes worth probing
+# Largest |packed - F.linear| / max |F.linear| the probe accepts: float32 differs only by the
+# summation order; a bfloat16 output is rounded to 8 bits of mantissa.
+PROBE_TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
+DISABLE_VARIABLE = "MINILLM_DISABLE_PACKING"
 
 
 class PackedLinear(nn.Module):
-    """`y = x W^T + b` with W held in oneDNN's layout; replaces one `nn.Linear`."""
+    """`y = x W^T + b` with W held in oneDNN's layout; replaces one `nn.Linear`.
 
-    def __init__(self, linear: nn.Linear):
+    The packed weight is a buffer, so `state_dict()` holds it (as `packed_weight`, an opaque
+    oneDNN tensor: `.to_dense()` gives back the original weight) and `.to()` converts it."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
         super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
-        self.bias = linear.bias
+        self.out_features, self.in_features = weight.shape
+        self.register_buffer("packed_weight", pack(weight.detach()))
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
+
+    def _apply(self, fn, recurse=True):
+        # `.to()`, `.float()`, ... run `fn` on every tensor, and oneDNN's layout can be neither
+        # cast nor copied: unpack, convert as usual, pack again.
+        self.packed_weight = self.packed_weight.to_dense()
+        super()._apply(fn, recurse)
+        self.packed_weight = pack(self.packed_weight)
+        return self
+
+
+def pack(weight: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._reorder_linear_weight(weight, None)
+
+
+def can_pack(model: nn.Module) -> bool:
+    """The model is on the CPU in a dtype oneDNN runs on this machine (see `packing_refused`).
+    Where packing would apply but cannot, logs why, once per call."""
+    weight = next(model.parameters())
+    if weight.device.type != "cpu" or weight.dtype not in PACKABLE_DTYPES:
+        return False  # nothing to fall back from: the GPU and float16 always use nn.Linear
+    if os.environ.get(DISABLE_VARIABLE) == "1":
+        logger.info("linear layers: nn.Linear, not oneDNN-packed (%s=1)", DISABLE_VARIABLE)
+        return False
+    reason = packing_refused(weight.dtype)
+    if reason is not None:
+        logger.warning("linear layers: nn.Linear, not oneDNN-packed: %s", reason)
+    return reason is None
+
+
+@functools.cache
+@torch.no_grad()
+def packing_refused(dtype: torch.dtype) -> str | None:
+    """Why oneDNN cannot run packed linear layers in this dtype on this CPU, or None if it can:
+    a small random layer is packed and run, and its output compared with `F.linear`'s."""
+    gen = torch.Generator().manual_seed(0)
+    weight, bias, x = (torch.randn(shape, generator=gen).to(dtype) for shape in ((48, 64), 48, (5, 64)))
+    try:
+        out = PackedLinear(weight, bias)(x).float()
+    except Exception as err:  # noqa: BLE001 - whatever oneDNN raises means "not here"
+        return f"{dtype} fails here ({type(err).__name__}: {str(err).splitlines()[0]})"
+    expected = F.linear(x.float(), weight.float(), bias.float())
+    error = ((out - expected).abs().max() / expected.abs().max()).item()
+    if not error <= PROBE_TOLERANCE[dtype]:  # `not <=`: a NaN output is refused too
+        return f"{dtype} gives wrong results here (relative error {error:.1e} against F.linear)"
+    return None
 
 
 @torch.no_grad()
 def pack_linear_layers(model: nn.Module) -> nn.Module:
     """Replace every `nn.Linear` of the model by a `PackedLinear`, in place (a tied `lm_head`
-    gets its own packed copy; the embedding keeps the original)."""
+    gets its own packed copy; the embedding keeps the original). Call it where `can_pack`."""
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
-                setattr(parent, name, PackedLinear(child))
+                setattr(parent, name, PackedLinear(child.weight, child.bias))
     return model
