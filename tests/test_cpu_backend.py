@@ -21,8 +21,12 @@ What is proven here:
 """
 from __future__ import annotations
 
+import logging
+import os
+import platform
 import random
 import zlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,8 +43,11 @@ from minillm.attention.torch_backend import TorchAttentionBackend
 # Relative error bound: max |out - ref| / max |ref|. A bf16 output alone is rounded by 2^-9.
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 NAN = float("nan")
-# Where no compiler exists the kernel cannot be tested (and "auto" falls back: tested below).
-needs_compiler = pytest.mark.skipif(cpu_backend.compiler() is None, reason="no C compiler")
+# Where no compiler exists, or the kernel is switched off, the kernel cannot be tested (and
+# "auto" falls back: tested below).
+needs_compiler = pytest.mark.skipif(
+    cpu_backend.compiler() is None or os.environ.get(cpu_backend.DISABLE_VARIABLE) == "1",
+    reason="no C compiler, or MINILLM_DISABLE_CPU_KERNEL=1")
 
 
 def seed_for(*params) -> int:
@@ -292,12 +299,47 @@ def test_engine_picks_cpu_backend_by_default_on_cpu(llama_checkpoint):
 
 @pytest.fixture
 def kernel_cache(monkeypatch, tmp_path):
-    """An empty build cache, and no kernel loaded in this process's memo, before and after."""
+    """An empty build cache, the kernel switched on, and nothing remembered in this process,
+    before and after."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("MINILLM_CACHE", str(cache))
-    cpu_backend.load_kernel.cache_clear()
+    monkeypatch.delenv(cpu_backend.DISABLE_VARIABLE, raising=False)
+    forget_builds()
     yield cache
-    cpu_backend.load_kernel.cache_clear()
+    forget_builds()
+
+
+# What the process remembers (taken now: a test may monkeypatch one of them).
+MEMOS = (cpu_backend._kernel_or_why_not, cpu_backend.compiler_identity, cpu_backend.cpu_isa)
+
+
+def forget_builds():
+    """What a new process knows: only the files in the build cache."""
+    for memo in MEMOS:
+        memo.cache_clear()
+
+
+def files(cache, pattern: str) -> list:
+    return sorted(cache.glob(pattern))
+
+
+def fake_compiler(tmp_path, name: str, script: str) -> str:
+    """A shell script standing in for the C compiler: it logs its arguments, one line per call,
+    then runs `script`, in which `$REAL` is this machine's compiler."""
+    path = tmp_path / name
+    log = tmp_path / f"{name}.log"
+    path.write_text(f'#!/bin/sh\nREAL="{cpu_backend.compiler()}"\necho "$*" >> {log}\n{script}\n')
+    path.chmod(0o755)
+    return str(path)
+
+
+def calls(compiler_path: str) -> list[str]:
+    log = Path(compiler_path + ".log")
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def minillm_log(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "minillm"]
 
 
 @needs_compiler
@@ -314,17 +356,19 @@ def test_auto_picks_torch_for_float16_and_explicit_cpu_refuses_it():
         get_backend("cpu", "cpu", dtype=torch.float16, head_dim=64, block_size=16)
 
 
-def test_without_a_working_compiler_auto_falls_back_and_cpu_says_why(kernel_cache, monkeypatch,
-                                                                      tmp_path):
+def test_a_compiler_that_does_not_run_falls_back_and_cpu_says_why(kernel_cache, monkeypatch,
+                                                                   tmp_path, caplog):
     missing = str(tmp_path / "no-such-cc")
     monkeypatch.setenv("CC", missing)
-    assert not cpu_backend.available(64, 16, torch.float32)
-    backend = get_backend("auto", "cpu", dtype=torch.float32, head_dim=64, block_size=16)
+    with caplog.at_level(logging.INFO, logger="minillm"):
+        backend = get_backend("auto", "cpu", dtype=torch.float32, head_dim=64, block_size=16)
     assert type(backend) is TorchAttentionBackend and backend.name == "torch"
-    with pytest.raises(KernelUnavailable, match="did not compile") as err:
+    [line] = minillm_log(caplog)
+    assert "not the CPU kernel" in line and missing in line
+    with pytest.raises(KernelUnavailable, match="does not run") as err:
         get_backend("cpu", "cpu", dtype=torch.float32, head_dim=64, block_size=16)
     assert missing in str(err.value)  # names what it tried to run
-    assert not list(kernel_cache.glob("*.so")), "a failed build left a library behind"
+    assert not files(kernel_cache, "*.so"), "a failed build left a library behind"
 
 
 def test_without_any_compiler_cpu_says_to_install_one(kernel_cache, monkeypatch, tmp_path):
@@ -335,6 +379,131 @@ def test_without_any_compiler_cpu_says_to_install_one(kernel_cache, monkeypatch,
     assert type(get_backend("auto", "cpu", head_dim=64, block_size=16)) is TorchAttentionBackend
 
 
+def test_a_failing_compiler_is_tried_once_per_cache_not_per_engine(kernel_cache, monkeypatch,
+                                                                    tmp_path, caplog):
+    """A compiler that fails every build (as /bin/false does): "auto" falls back with one log
+    line; each flag set is tried once, and its failure is remembered - in the process, and in a
+    `.failed` file that a later process reads instead of compiling again."""
+    cc = fake_compiler(tmp_path, "failing-cc", "echo 'cc: internal error' >&2; exit 1")
+    monkeypatch.setenv("CC", cc)
+    with caplog.at_level(logging.INFO, logger="minillm"):
+        assert not cpu_backend.available(64, 16, torch.float32)
+    [line] = minillm_log(caplog)
+    assert cc in line and "cc: internal error" in line
+    compiles = [c for c in calls(cc) if " -c " in c]
+    assert len(compiles) == len(cpu_backend.FLAG_SETS)
+    assert len(files(kernel_cache, "*.failed")) == len(cpu_backend.FLAG_SETS)
+    assert not files(kernel_cache, "*.so")
+
+    called = len(calls(cc))
+    assert not cpu_backend.available(64, 16, torch.float32)  # the same process: no call at all
+    assert len(calls(cc)) == called
+    forget_builds()  # a new process: asks the compiler's version, compiles nothing
+    with pytest.raises(KernelUnavailable, match="failed before: cc: internal error"):
+        cpu_backend.load_kernel(64, 16, torch.float32)
+    assert calls(cc)[called:] == ["--version"]
+
+
+@needs_compiler
+def test_a_compiler_without_openmp_builds_single_threaded_and_says_so(kernel_cache, monkeypatch,
+                                                                     tmp_path, caplog):
+    """Apple's clang refuses -fopenmp: the kernel is built without it (one thread), with a log
+    line, and computes the same attention."""
+    cc = fake_compiler(tmp_path, "clang-without-openmp", """
+case " $* " in *" -fopenmp "*) echo "clang: error: unsupported option '-fopenmp'" >&2; exit 1;; esac
+exec "$REAL" "$@"
+""")
+    monkeypatch.setenv("CC", cc)
+    with caplog.at_level(logging.INFO, logger="minillm"):
+        assert cpu_backend.available(64, 16, torch.float32)
+    [line] = minillm_log(caplog)
+    assert "without OpenMP" in line and "one thread" in line
+    assert len(files(kernel_cache, "*.failed")) == 2 and len(files(kernel_cache, "*.so")) == 1
+    assert "-fopenmp" not in [c for c in calls(cc) if " -c " in c][-1]  # the build it kept
+    batch = decode_batch(8, 2, 64, 16, torch.float32, seed_for("no-openmp"), ragged_lens(16, 5))
+    batch.check(kernel_decode(batch))
+
+
+@needs_compiler
+def test_a_compiler_without_march_native_builds_portable(kernel_cache, monkeypatch, tmp_path,
+                                                         caplog):
+    cc = fake_compiler(tmp_path, "cc-without-native", """
+case " $* " in *" -march=native "*) echo "error: unknown target CPU 'native'" >&2; exit 1;; esac
+exec "$REAL" "$@"
+""")
+    monkeypatch.setenv("CC", cc)
+    with caplog.at_level(logging.INFO, logger="minillm"):
+        assert cpu_backend.available(64, 16, torch.bfloat16)
+    assert minillm_log(caplog) == []  # with OpenMP: nothing to report
+    assert len(files(kernel_cache, "*.failed")) == 1 and len(files(kernel_cache, "*.so")) == 1
+    batch = decode_batch(8, 2, 64, 16, torch.bfloat16, seed_for("portable"), ragged_lens(16, 6))
+    batch.check(kernel_decode(batch))
+
+
+@needs_compiler
+def test_a_build_that_computes_wrong_results_is_not_used(kernel_cache, monkeypatch, tmp_path):
+    """Each build is checked on a small decode against the torch backend. A compiler that builds
+    something else (here: exp2 where the source says exp) fails the check for every flag set."""
+    cc = fake_compiler(tmp_path, "miscompiling-cc", 'exec "$REAL" "$@" -Dexpf=exp2f')
+    monkeypatch.setenv("CC", cc)
+    assert type(get_backend("auto", "cpu", head_dim=64, block_size=16)) is TorchAttentionBackend
+    with pytest.raises(KernelUnavailable, match="wrong result: relative error") as err:
+        CpuAttentionBackend(64, 16, torch.float32)
+    assert str(err.value).count("wrong result") == len(cpu_backend.FLAG_SETS) + 1  # + summary
+    assert len(files(kernel_cache, "*.failed")) == len(cpu_backend.FLAG_SETS)
+
+
+def test_the_build_key_covers_source_compiler_flags_and_cpu(monkeypatch):
+    monkeypatch.setattr(cpu_backend, "compiler_identity", lambda cc: "gcc 12.2.0")
+    monkeypatch.setattr(cpu_backend, "cpu_isa", lambda: "sse avx2")
+    key = cpu_backend.build_key("cc", ["-O3"])
+    assert cpu_backend.build_key("cc", ["-O3"]) == key
+    assert cpu_backend.build_key("clang", ["-O3"]) != key
+    assert cpu_backend.build_key("cc", ["-O2"]) != key
+    monkeypatch.setattr(cpu_backend, "compiler_identity", lambda cc: "gcc 13.1.0")
+    assert cpu_backend.build_key("cc", ["-O3"]) != key
+    monkeypatch.setattr(cpu_backend, "compiler_identity", lambda cc: "gcc 12.2.0")
+    monkeypatch.setattr(cpu_backend, "cpu_isa", lambda: "sse avx2 avx512f")
+    assert cpu_backend.build_key("cc", ["-O3"]) != key
+    monkeypatch.setattr(cpu_backend, "SOURCE", Path(__file__))
+    monkeypatch.setattr(cpu_backend, "cpu_isa", lambda: "sse avx2")
+    assert cpu_backend.build_key("cc", ["-O3"]) != key
+
+
+@needs_compiler
+def test_a_build_for_another_cpu_in_a_shared_cache_is_not_loaded(kernel_cache, monkeypatch):
+    """A home folder shared by machines with different CPUs: the -march=native build made on one
+    is never loaded on the other (it could stop on an instruction this CPU lacks)."""
+    cpu_backend.load_kernel(64, 16, torch.float32)
+    [theirs] = files(kernel_cache, "*.so")
+    forget_builds()
+    monkeypatch.setattr(cpu_backend, "cpu_isa", lambda: "fpu sse sse2")  # another machine
+    cpu_backend.load_kernel(64, 16, torch.float32)
+    assert len(files(kernel_cache, "*.so")) == 2  # built its own
+
+
+def test_the_cpu_isa_is_this_machines_feature_flags():
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    flags = [line.partition(":")[2].strip() for line in lines
+             if line.startswith(("flags", "Features"))]
+    assert cpu_backend.cpu_isa() == (flags[0] if flags else platform.processor())
+
+
+def test_the_disable_variable_switches_the_kernel_off_with_one_log_line(kernel_cache,
+                                                                        monkeypatch, caplog):
+    monkeypatch.setenv(cpu_backend.DISABLE_VARIABLE, "1")
+    with caplog.at_level(logging.INFO, logger="minillm"):
+        assert not cpu_backend.available(64, 16, torch.float32)
+        backend = get_backend("auto", "cpu", dtype=torch.bfloat16, head_dim=64, block_size=16)
+    assert type(backend) is TorchAttentionBackend
+    assert minillm_log(caplog) == [
+        "attention: the torch backend, not the CPU kernel (MINILLM_DISABLE_CPU_KERNEL=1)"] * 2
+    with pytest.raises(KernelUnavailable, match="MINILLM_DISABLE_CPU_KERNEL=1"):
+        get_backend("cpu", "cpu", dtype=torch.float32, head_dim=64, block_size=16)
+    assert not list(kernel_cache.glob("*")), "built something while switched off"
+
+
 @needs_compiler
 def test_a_build_is_cached_per_constants(kernel_cache):
     first = cpu_backend.load_kernel(64, 16, torch.float32)
@@ -342,7 +511,7 @@ def test_a_build_is_cached_per_constants(kernel_cache):
     built = {p: p.stat().st_mtime_ns for p in kernel_cache.iterdir()}
     assert len(built) == 1
 
-    cpu_backend.load_kernel.cache_clear()  # as a new process would: only the file remains
+    forget_builds()  # as a new process would: only the file remains
     cpu_backend.load_kernel(64, 16, torch.float32)
     assert {p: p.stat().st_mtime_ns for p in kernel_cache.iterdir()} == built
 
