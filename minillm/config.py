@@ -1,44 +1,61 @@
-"""Small configs: what the scheduler and the engine are told at start-up."""
+"""The engine's configuration: one dataclass, the single source of every setting.
+
+`LLM(model, **kwargs)` takes these fields as keyword arguments and the CLI derives its flags from
+them (`--max-num-seqs` for `max_num_seqs`, ...), so each setting has one name - vLLM's - one
+default and one check, wherever it is given.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+
+from minillm.attention.base import BACKEND_NAMES
+
+DTYPES = ["auto", "float32", "float16", "bfloat16"]
+DTYPE_ALIASES = {"half": "float16", "float": "float32"}  # vLLM's other spellings
 
 
-@dataclass
-class SchedulerConfig:
-    max_num_seqs: int = 256  # sequences running at once
-    max_num_batched_tokens: int = 2048  # tokens in one forward pass (decodes + prefill chunks)
-    policy: str = "fcfs"  # "fcfs" or "priority" (lower `priority` runs sooner)
-    preemption_mode: str = "recompute"  # or "swap" (to the CPU pool)
-
-    def __post_init__(self):
-        if self.policy not in ("fcfs", "priority"):
-            raise ValueError(f"scheduling_policy must be 'fcfs' or 'priority', not {self.policy!r}")
-        if self.preemption_mode not in ("recompute", "swap"):
-            raise ValueError(f"preemption_mode must be 'recompute' or 'swap', "
-                             f"not {self.preemption_mode!r}")
-        if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
-            raise ValueError("max_num_seqs and max_num_batched_tokens must be at least 1")
+def setting(default, help: str, choices: list | None = None):
+    """A field with the help text (and allowed values) its CLI flag shows."""
+    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass
 class EngineConfig:
-    model: str | None = None  # a Hugging Face checkpoint folder; None = the bundled model
-    dtype: str = "auto"  # auto: float32 on CPU, float16 on GPU
-    device: str = "auto"  # auto: cuda if available, else cpu
-    max_model_len: int | None = None  # prompt + output tokens; None = min(model's, 4096)
-    block_size: int = 16
-    enable_prefix_caching: bool = True
-    attention_backend: str = "auto"  # "auto", "torch", "cpu" or "triton"
-    gpu_memory_utilization: float = 0.9  # share of GPU memory for weights + KV cache
-    kv_cache_memory_bytes: int | None = None  # explicit KV budget (CPU default: 1 GiB)
-    num_gpu_blocks_override: int | None = None  # exact number of KV blocks (tests, lessons)
-    swap_space: float = 1.0  # GiB of CPU memory for swapped-out blocks
-    seed: int = 0
-    scheduler: SchedulerConfig = None
+    model: str | None = setting(None, "Hugging Face checkpoint folder (default: the bundled "
+                                      "minillm-tiny)")
+    dtype: str = setting("auto", "weights and KV cache (auto: float32 on CPU, float16 on GPU)",
+                         DTYPES + list(DTYPE_ALIASES))
+    device: str = setting("auto", "auto: cuda if available, else cpu", ["auto", "cpu", "cuda"])
+    max_model_len: int | None = setting(None, "prompt + output tokens (default: the model's, "
+                                              "at most 4096)")
+    block_size: int = setting(16, "tokens per KV block", [8, 16, 32, 64, 128])
+    max_num_seqs: int = setting(256, "sequences running at once")
+    max_num_batched_tokens: int = setting(2048, "tokens in one forward pass (decodes + prefill "
+                                                "chunks)")
+    enable_prefix_caching: bool = setting(True, "reuse the KV blocks of shared prompt prefixes")
+    scheduling_policy: str = setting("fcfs", "fcfs, or priority (lower `priority` runs sooner)",
+                                     ["fcfs", "priority"])
+    preemption_mode: str = setting("recompute", "what a preempted sequence loses: its KV cache "
+                                                "(recompute), or it is swapped to the CPU",
+                                   ["recompute", "swap"])
+    attention_backend: str = setting("auto", "auto: cpu (a compiled C decode kernel) on a CPU "
+                                             "where it builds, triton on a GPU", BACKEND_NAMES)
+    gpu_memory_utilization: float = setting(0.9, "share of GPU memory for weights and KV cache")
+    kv_cache_memory_bytes: int | None = setting(None, "KV cache size in bytes (CPU default: "
+                                                      "1 GiB)")
+    num_gpu_blocks_override: int | None = setting(None, "exact number of KV blocks (tests, "
+                                                        "lessons)")
+    swap_space: float = setting(1.0, "GiB of CPU memory for swapped-out sequences")
+    seed: int = setting(0, "seed of the random samples of unseeded requests")
 
     def __post_init__(self):
-        self.scheduler = self.scheduler or SchedulerConfig()
-        if self.block_size not in (8, 16, 32, 64, 128):
-            raise ValueError(f"block_size must be a power of two from 8 to 128, "
-                             f"not {self.block_size}")
+        self.dtype = DTYPE_ALIASES.get(self.dtype, self.dtype)
+        for f in fields(self):
+            choices = f.metadata["choices"]
+            if choices and getattr(self, f.name) not in choices:
+                raise ValueError(f"{f.name} must be one of {choices}, "
+                                 f"not {getattr(self, f.name)!r}")
+        if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
+            raise ValueError("max_num_seqs and max_num_batched_tokens must be at least 1")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ValueError(f"max_model_len must be at least 2, not {self.max_model_len}")

@@ -36,6 +36,7 @@ class SamplerOutput:
     token_ids: list[int]  # one chosen token per row
     logprobs: list[float | None]  # the chosen token's raw logprob; None without `logprobs`
     top_logprobs: list[dict[int, float] | None]  # the top-`params.logprobs` tokens, best first
+    ranks: list[int | None] | None = None  # the chosen token's rank (1 = most likely)
 
 
 @torch.inference_mode()
@@ -60,8 +61,11 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], prompt_ids: list[
     if raw_logprobs is None:
         return SamplerOutput(token_ids, [None] * len(params), [None] * len(params))
     chosen = raw_logprobs.gather(1, torch.tensor(token_ids, device=logits.device)[:, None])
-    chosen_or_none = [lp if w else None for lp, w in zip(chosen[:, 0].tolist(), wanted)]
-    return SamplerOutput(token_ids, chosen_or_none, top_logprobs(raw_logprobs, params))
+    ranks = ((raw_logprobs > chosen).sum(dim=1) + 1).tolist()
+    chosen = chosen[:, 0].tolist()
+    return SamplerOutput(token_ids, [lp if w else None for lp, w in zip(chosen, wanted)],
+                         top_logprobs(raw_logprobs, params),
+                         [r if w else None for r, w in zip(ranks, wanted)])
 
 
 def apply_min_tokens(logits: torch.Tensor, params: list[SamplingParams],
@@ -173,7 +177,9 @@ def _sampling_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch
     temperature 1 here and never use the result."""
     temperature = torch.tensor([1.0 if p.greedy else p.temperature for p in params],
                                device=logits.device)
-    logits = apply_temperature(logits, temperature)
+    # Penalties and a low temperature can push a logit past float32's range; +inf would make
+    # the softmax NaN for the whole row. The largest finite value keeps the order.
+    logits = apply_temperature(logits, temperature).clamp(max=torch.finfo(logits.dtype).max)
     if any(p.top_k > 0 or p.top_p < 1 for p in params):
         logits = apply_top_k_top_p(logits, _per_row(params, "top_k", logits, torch.long),
                                    _per_row(params, "top_p", logits))

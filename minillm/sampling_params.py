@@ -6,12 +6,19 @@ the sampler, and the error names the field and the range it accepts.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
+
+import numpy as np
 
 # Below this temperature sampling is indistinguishable from argmax, and dividing logits by it
 # would overflow; vLLM uses the same threshold.
 GREEDY_EPS = 1e-5
+INT64_MAX = 2**63 - 1
+# Stop strings are matched against every new piece of text of every step: bounded, so that one
+# request cannot make the step slow for all the others.
+MAX_STOP_STRINGS, MAX_STOP_STRING_CHARS = 64, 4096
 
 
 class RequestOutputKind(Enum):
@@ -28,14 +35,17 @@ class SamplingParams:
     n: how many completions to generate for the prompt.
     temperature: logits are divided by it; 0 (or below 1e-5) means greedy (argmax).
     top_p: keep the smallest set of top tokens whose probabilities add up to at least top_p.
-    top_k: keep only the k most likely tokens; 0 or -1 disables it.
+    top_k: keep only the k most likely tokens; 0 or -1 disables it; a k beyond the vocabulary
+        keeps all of it (as in vLLM).
     min_p: drop tokens whose probability is below min_p times the top token's.
     presence_penalty: subtracted once from the logit of every token already in the output.
     frequency_penalty: subtracted from a token's logit once per time it is in the output.
     repetition_penalty: divides positive (multiplies negative) logits of tokens seen in the
         prompt or the output; 1 disables it.
-    seed: makes the request's samples reproducible, whatever else is in the batch.
-    stop: strings that end the completion; the stop string itself is not returned.
+    seed: makes the request's samples reproducible, whatever else is in the batch (sample i of
+        the n uses seed + i, so seed + n - 1 must fit in a signed 64-bit integer).
+    stop: strings that end the completion (at most 64, each at most 4096 characters); the stop
+        string itself is not returned.
     stop_token_ids: token ids that end the completion (besides EOS).
     ignore_eos: keep generating past EOS (for benchmarks).
     max_tokens: most tokens to generate; None means up to the model's context length.
@@ -82,17 +92,26 @@ class SamplingParams:
         return self.temperature < GREEDY_EPS
 
     def _validate_sampling(self):
+        for name in ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty",
+                     "repetition_penalty"):
+            value = getattr(self, name)
+            # The sampler computes in float32: a value finite in Python may not be there.
+            _check(math.isfinite(np.float32(value)), name, value, "a finite number")
         _check(self.n >= 1, "n", self.n, "at least 1")
         _check(self.temperature >= 0, "temperature", self.temperature, "at least 0")
         _check(0 < self.top_p <= 1, "top_p", self.top_p, "in (0, 1]")
-        _check(self.top_k >= -1, "top_k", self.top_k, "-1 or 0 (disabled), or at least 1")
+        _check(-1 <= self.top_k <= INT64_MAX, "top_k", self.top_k,
+               "-1 or 0 (disabled), or at least 1")
         _check(0 <= self.min_p <= 1, "min_p", self.min_p, "in [0, 1]")
         _check(-2 <= self.presence_penalty <= 2, "presence_penalty", self.presence_penalty,
                "in [-2, 2]")
         _check(-2 <= self.frequency_penalty <= 2, "frequency_penalty", self.frequency_penalty,
                "in [-2, 2]")
-        _check(self.repetition_penalty > 0, "repetition_penalty", self.repetition_penalty,
-               "greater than 0")
+        _check(np.float32(self.repetition_penalty) > 0, "repetition_penalty",
+               self.repetition_penalty, "greater than 0 (and not 0 once rounded to float32)")
+        _check(self.seed is None or -INT64_MAX - 1 <= self.seed <= INT64_MAX - (self.n - 1),
+               "seed", self.seed, f"a signed 64-bit integer (with n={self.n}: at most "
+               f"{INT64_MAX - (self.n - 1)})")
         _check(self.logprobs is None or self.logprobs >= 0, "logprobs", self.logprobs,
                "None or at least 0")
 
@@ -102,7 +121,11 @@ class SamplingParams:
         _check(self.min_tokens >= 0, "min_tokens", self.min_tokens, "at least 0")
         _check(self.max_tokens is None or self.min_tokens <= self.max_tokens, "min_tokens",
                self.min_tokens, f"at most max_tokens ({self.max_tokens})")
-        _check(all(self.stop), "stop", self.stop, "non-empty strings")
+        _check(len(self.stop) <= MAX_STOP_STRINGS, "stop", f"{len(self.stop)} strings",
+               f"at most {MAX_STOP_STRINGS} strings")
+        _check(all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_STRING_CHARS for s in self.stop),
+               "stop", [s[:20] for s in self.stop],
+               f"non-empty strings of at most {MAX_STOP_STRING_CHARS} characters")
 
 
 def _check(ok: bool, field: str, value, allowed: str):

@@ -6,7 +6,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from checkpoints import TEXT, make_tokenizer
-from minillm.engine.detokenizer import IncrementalDetokenizer, find_stop, stop_holdback
+from minillm.engine.detokenizer import IncrementalDetokenizer, StopStrings
 
 # Characters of one to four UTF-8 bytes, so byte-level tokens split them in every possible way.
 WORDS = ["the", "fox", "café", "naïve", "日本語", "東京", "привет", "Ελλάδα", "🙂", "🦊🦊",
@@ -114,39 +114,72 @@ def reference_holdback(text, stop):
                 and s.startswith(text[len(text) - k:])), default=0)
 
 
-def test_find_stop_and_holdback_match_brute_force():
+def test_stop_strings_match_brute_force_piece_by_piece():
+    """Fed a random text in random pieces, StopStrings reports, for the first piece in which a
+    stop string ends, the earliest start of one ending there; and it holds back after every
+    piece exactly the longest tail that begins a stop string."""
     rng = random.Random()
     for _ in range(3000):
-        text = "".join(rng.choice("abc日") for _ in range(rng.randrange(0, 12)))
-        stop = ["".join(rng.choice("abc日") for _ in range(rng.randrange(1, 4)))
+        text = "".join(rng.choice("abc日") for _ in range(rng.randrange(0, 14)))
+        stop = ["".join(rng.choice("abc日") for _ in range(rng.randrange(1, 5)))
                 for _ in range(rng.randrange(1, 4))]
-        new_len = rng.randrange(0, len(text) + 1)
-        assert find_stop(text, new_len, stop) == reference_find_stop(text, new_len, stop), \
-            (text, new_len, stop)
-        assert stop_holdback(text, stop) == reference_holdback(text, stop), (text, stop)
+        matcher, fed = StopStrings(stop), ""
+        while len(fed) < len(text):
+            piece = text[len(fed):len(fed) + rng.randrange(1, 4)]
+            fed += piece
+            found = matcher.feed(piece)
+            expected = reference_find_stop(fed, len(piece), stop)
+            assert (found and found[0]) == expected, (fed, piece, stop, found)
+            if found:
+                assert fed.startswith(found[1], found[0]), (fed, stop, found)
+                break
+            assert matcher.holdback == reference_holdback(fed, stop), (fed, stop)
 
 
-def test_find_stop_examples():
-    assert find_stop("hello world", 5, ["o w"]) == 4  # started in the old text, ends in the new
-    assert find_stop("hello world", 3, ["o w"]) is None  # wholly in the old text: seen before
-    assert find_stop("xxabcd", 1, ["cd", "abcd"]) == 2  # the earliest start wins
-    assert stop_holdback("the end of", ["of it", "o"]) == 2
-    assert stop_holdback("done", ["###"]) == 0
+def test_stop_strings_skipped_while_not_reported():
+    matcher = StopStrings(["ab"])
+    assert matcher.feed("xab", report=False) is None  # before min_tokens: not a stop
+    assert matcher.feed("a") is None and matcher.holdback == 1
+    assert matcher.feed("bz") == (3, "ab")
+
+
+def test_stop_string_examples():
+    assert StopStrings(["o w"]).feed("hello world") == (4, "o w")
+    m = StopStrings(["cd", "abcd"])
+    m.feed("xxab")
+    assert m.feed("cd") == (2, "abcd")  # the earliest start wins
+    m = StopStrings(["of it", "o"])
+    assert m.feed("the end ") is None and m.holdback == 0
+    assert m.feed("of") == (8, "o")
+
+
+def test_a_long_stop_string_costs_time_linear_in_the_text():
+    """A 300,000-character stop string of one repeated letter, fed the letter one piece at a
+    time, was quadratic per step before (each step tried every prefix of the stop string)."""
+    import time
+    stop = "a" * 300_000
+    matcher = StopStrings([stop])
+    started = time.perf_counter()
+    for _ in range(2000):
+        assert matcher.feed("a") is None
+    assert matcher.holdback == 2000
+    assert time.perf_counter() - started < 1.0  # about 2 ms here; quadratic took minutes
 
 
 def engine_loop(tokenizer, ids, stop):
-    """What the engine does: add, look for a stop string, show all but the held-back tail."""
-    detok = IncrementalDetokenizer(tokenizer, [], True)
+    """What the engine does: add each token (the detokenizer looks for stop strings) and show
+    the text less the held-back tail. Returns the final text, what was shown, and the length of
+    the text after each token (before any cut)."""
+    detok = IncrementalDetokenizer(tokenizer, [], True, stop)
     shown, chunk_ends = [], []
     for token in ids:
-        new_text = detok.add(token)
-        chunk_ends.append(len(detok.text))
-        at = find_stop(detok.text, len(new_text), stop)
-        if at is not None:
-            detok.text = detok.text[:at]
+        detok.add(token)
+        chunk_ends.append(detok.stops.length)
+        if detok.stop_string is not None:
             return detok.text, shown, chunk_ends
-        shown.append(detok.text[:len(detok.text) - stop_holdback(detok.text, stop)])
-    return detok.text + detok.flush(), shown, chunk_ends
+        shown.append(detok.visible_text(finished=False))
+    detok.flush()
+    return detok.text, shown, chunk_ends
 
 
 def test_stop_string_split_across_tokens(project_tokenizer):

@@ -10,11 +10,15 @@ sequence is ever wasted. On top of that:
   freed blocks keep their contents and key until they are reused, least recently freed first;
 * swapping moves a preempted sequence's blocks to a CPU pool and back.
 
-Copies and swaps are only *recorded* here (as pairs of block ids); the model runner moves the
-data before the next forward pass.
+Copies and swaps are only *recorded* here (`BlockMoves`, pairs of block ids); the scheduler hands
+them to the model runner in its `SchedulerOutput`, which moves the data before the forward pass.
+A CPU block that is swapped in returns to the CPU free list only after that copy has run
+(`release_cpu_blocks`): until then a swap-out could overwrite data not yet read back.
 """
 from __future__ import annotations
 
+import hashlib
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -25,17 +29,31 @@ from minillm.engine.sequence import Sequence
 class Block:
     block_id: int
     ref_count: int = 0
-    hash: int | None = None  # prefix-cache key, once the block is full and computed
+    hash: bytes | None = None  # prefix-cache key, once the block is full and computed
     token_ids: list[int] = field(default_factory=list)  # to verify a hash hit
+
+
+@dataclass
+class BlockMoves:
+    """Data the runner must move before a forward pass, in this order (reads before writes)."""
+
+    swap_out: list[tuple[int, int]] = field(default_factory=list)  # (device block, cpu block)
+    swap_in: list[tuple[int, int]] = field(default_factory=list)  # (cpu block, device block)
+    copies: list[tuple[int, int]] = field(default_factory=list)  # copy-on-write (src, dst)
+
+    def __bool__(self) -> bool:
+        return bool(self.swap_out or self.swap_in or self.copies)
 
 
 def blocks_for(num_tokens: int, block_size: int) -> int:
     return -(-num_tokens // block_size)
 
 
-def chain_hash(parent: int | None, tokens: list[int]) -> int:
-    """A block's key depends on every token before it, through its parent's key."""
-    return hash((parent, tuple(tokens)))
+def chain_hash(parent: bytes | None, tokens: list[int]) -> bytes:
+    """A block's key: SHA-256 of its parent's key and its tokens, so it depends on every token
+    before it. A cryptographic hash, so that no prompt can be crafted to collide with another's
+    key and be served its KV cache (Python's `hash()` allowed that: vLLM's CVE-2025-25183)."""
+    return hashlib.sha256((parent or b"") + array("q", tokens).tobytes()).digest()
 
 
 class BlockManager:
@@ -44,12 +62,10 @@ class BlockManager:
         self.block_size, self.enable_prefix_caching = block_size, enable_prefix_caching
         self.blocks = [Block(i) for i in range(num_blocks)]
         self.free_block_ids: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))  # LRU first
-        self.cached: dict[int, int] = {}  # hash -> block id
+        self.cached: dict[bytes, int] = {}  # hash -> block id
+        self.num_cpu_blocks = num_cpu_blocks
         self.free_cpu_blocks = list(range(num_cpu_blocks))
-        self.pending_copies: list[tuple[int, int]] = []  # copy-on-write (src, dst)
-        self.pending_swap_out: list[tuple[int, int]] = []  # (device block, cpu block)
-        self.pending_swap_in: list[tuple[int, int]] = []  # (cpu block, device block)
-        self.prefix_queries = self.prefix_hits = 0  # in tokens, for the statistics
+        self.moves = BlockMoves()  # recorded since the scheduler last took them
 
     # -- counting ------------------------------------------------------------------------------
     @property
@@ -125,7 +141,7 @@ class BlockManager:
         shared = seq.block_table[last]
         seq.block_table[last] = self._take_free_block()
         self._release(shared)
-        self.pending_copies.append((shared, seq.block_table[last]))
+        self.moves.copies.append((shared, seq.block_table[last]))
 
     # -- prefix caching ------------------------------------------------------------------------
     def reuse_cached_prefix(self, seq: Sequence) -> None:
@@ -133,7 +149,6 @@ class BlockManager:
         prefix. At least one token is always left to compute, to get the next token's logits."""
         if not self.enable_prefix_caching or seq.block_table:
             return
-        self.prefix_queries += seq.num_tokens
         parent = None
         for i in range((seq.num_tokens - 1) // self.block_size):
             tokens = seq.block_tokens(i)
@@ -146,7 +161,6 @@ class BlockManager:
             seq.block_hashes.append(key)
             parent = key
         seq.num_computed_tokens = seq.num_cached_tokens = len(seq.block_table) * self.block_size
-        self.prefix_hits += seq.num_cached_tokens
 
     def _adopt(self, block_id: int) -> None:
         block = self.blocks[block_id]
@@ -175,7 +189,7 @@ class BlockManager:
     def swap_out(self, seq: Sequence) -> None:
         """Move the sequence's blocks to the CPU pool; its block table then names CPU blocks."""
         cpu_table = [self.free_cpu_blocks.pop() for _ in seq.block_table]
-        self.pending_swap_out += zip(seq.block_table, cpu_table)
+        self.moves.swap_out += zip(seq.block_table, cpu_table)
         self.free(seq)
         seq.block_table = cpu_table
 
@@ -183,18 +197,21 @@ class BlockManager:
         return len(seq.block_table) <= self.num_free_blocks
 
     def swap_in(self, seq: Sequence) -> None:
+        """Bring the blocks back; the CPU blocks stay taken until `release_cpu_blocks`."""
         device_table = [self._take_free_block() for _ in seq.block_table]
-        self.pending_swap_in += zip(seq.block_table, device_table)
-        self.free_cpu_blocks += seq.block_table
+        self.moves.swap_in += zip(seq.block_table, device_table)
         seq.block_table = device_table
+
+    def release_cpu_blocks(self, swap_in: list[tuple[int, int]]) -> None:
+        """After the runner copied swapped-in blocks back: their CPU blocks are free again."""
+        self.free_cpu_blocks += [cpu for cpu, _ in swap_in]
 
     def free_swapped(self, seq: Sequence) -> None:
         """Give back a swapped-out sequence's CPU blocks (it was aborted while swapped)."""
         self.free_cpu_blocks += seq.block_table
         seq.block_table = []
 
-    def take_pending_ops(self) -> tuple[list, list, list]:
-        """The data moves the runner must do before the next forward: swap out, swap in, copy."""
-        ops = self.pending_swap_out, self.pending_swap_in, self.pending_copies
-        self.pending_swap_out, self.pending_swap_in, self.pending_copies = [], [], []
-        return ops
+    def take_moves(self) -> BlockMoves:
+        """The data moves recorded since the last call (the scheduler puts them in its output)."""
+        moves, self.moves = self.moves, BlockMoves()
+        return moves

@@ -9,6 +9,9 @@ So the detokenizer decodes a small window instead: the tokens from `prefix_offse
 tokens between `prefix_offset` and `read_offset` have already been emitted and are there only as
 left context; whatever the window decodes to beyond their text is new. While the new text ends
 in "\ufffd" a character is still incomplete, and it is held back until a later token completes it.
+
+Stop strings are found here too, as the text grows (`StopStrings`): the text is cut where the first
+one starts, and a stream is shown the text less a tail that could still become a stop string.
 """
 from __future__ import annotations
 
@@ -27,7 +30,8 @@ class IncrementalDetokenizer:
     prompt, as in vLLM.
     """
 
-    def __init__(self, tokenizer, prompt_ids: list[int], skip_special_tokens: bool = True):
+    def __init__(self, tokenizer, prompt_ids: list[int], skip_special_tokens: bool = True,
+                 stop: list[str] | None = None):
         self.tokenizer = tokenizer
         # A fast (Rust) tokenizer decodes directly: HF's `decode` wrapper costs more than
         # decoding a handful of tokens, and it runs twice per generated token.
@@ -40,15 +44,29 @@ class IncrementalDetokenizer:
             self.token_ids = []
         self.prefix_offset = 0
         self.read_offset = len(self.token_ids)
-        self.text = ""  # all text emitted so far; the engine may truncate it at a stop string
+        self.text = ""  # all text emitted so far, cut where a stop string starts
+        self.stops = StopStrings(stop or [])
+        self.stop_string: str | None = None  # the stop string found, if any
 
-    def add(self, token_id: int) -> str:
-        """Append one generated token; return the text it made stable (may be "")."""
+    def add(self, token_id: int, stop_strings_count: bool = True) -> str:
+        """Append one generated token; return the text it made stable (may be ""). Stop strings
+        ending in that text cut `text` and set `stop_string` (unless `stop_strings_count` is
+        False: while `min_tokens` is not reached they do not end the sequence)."""
         self.token_ids.append(token_id)
         emitted, window = self._window_texts()
         if len(window) <= len(emitted) or window.endswith("\ufffd"):
             return ""  # nothing new yet, or a character still waits for its other bytes
-        return self._emit(window[len(emitted):])
+        new_text = self._emit(window[len(emitted):])
+        found = self.stops.feed(new_text, report=stop_strings_count)
+        if found is not None:
+            at, self.stop_string = found
+            self.text = self.text[:at]
+        return new_text
+
+    def visible_text(self, finished: bool) -> str:
+        """The text a client may see now: while the sequence runs, less the tail that the next
+        tokens could still complete into a stop string."""
+        return self.text if finished else self.text[:len(self.text) - self.stops.holdback]
 
     def flush(self) -> str:
         """Emit whatever is held back (an incomplete trailing character) once the sequence ends."""
@@ -74,22 +92,56 @@ class IncrementalDetokenizer:
                                      clean_up_tokenization_spaces=False)
 
 
-def find_stop(text: str, new_text_len: int, stop: list[str]) -> int | None:
-    """Where the earliest stop string that ends in the last `new_text_len` characters starts.
+class StopStrings:
+    """Finds the first stop string in a text that grows piece by piece, in time linear in the text.
 
-    Stop strings that lie wholly in the older text were found when it was new, so only the tail
-    that could hold a stop string ending in the new part is searched. The caller cuts the text
-    at the returned index: the stop string is not part of the output. None if there is none.
+    Searching the whole text again at every step, or trying every prefix of every stop string
+    against the end of the text, costs time quadratic in a stop string's length, on every step.
+    Instead each stop string gets a Knuth-Morris-Pratt matcher whose state - how many of the stop
+    string's first characters the text ends with - carries over from one piece to the next. That
+    state is also exactly what a stream must hold back: text that a later piece may turn into a
+    stop string.
     """
-    starts = []
-    for s in stop:
-        at = text.find(s, max(0, len(text) - new_text_len - len(s) + 1))
-        if at != -1:
-            starts.append(at)
-    return min(starts, default=None)
+
+    def __init__(self, stops: list[str]):
+        self.stops = stops
+        self.fallbacks = [_kmp_fallbacks(s) for s in stops]
+        self.matched = [0] * len(stops)  # per stop string: its prefix the text ends with
+        self.length = 0  # characters fed so far
+
+    def feed(self, piece: str, report: bool = True) -> tuple[int, str] | None:
+        """Read the next piece of text. Returns (where it starts, stop string) for the earliest
+        stop string that ends in this piece, or None; with `report=False` matches are skipped."""
+        found = None
+        for i, (stop, fallback) in enumerate(zip(self.stops, self.fallbacks)):
+            k = self.matched[i]
+            for j, char in enumerate(piece):
+                while k and stop[k] != char:
+                    k = fallback[k - 1]
+                k += stop[k] == char
+                if k == len(stop):
+                    start = self.length + j + 1 - k
+                    if report and (found is None or start < found[0]):
+                        found = (start, stop)
+                    k = fallback[k - 1]
+                    if report:
+                        break
+            self.matched[i] = k
+        self.length += len(piece)
+        return found
+
+    @property
+    def holdback(self) -> int:
+        """How many trailing characters may still be the start of a stop string."""
+        return max(self.matched, default=0)
 
 
-def stop_holdback(text: str, stop: list[str]) -> int:
-    """How many trailing characters of `text` to hold back from streaming: the longest tail that
-    is the beginning of some stop string, which the next tokens could complete."""
-    return max((k for s in stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+def _kmp_fallbacks(s: str) -> list[int]:
+    """fallback[k]: the longest proper prefix of s[:k+1] that is also its suffix (KMP's table)."""
+    fallback, k = [0] * len(s), 0
+    for i in range(1, len(s)):
+        while k and s[i] != s[k]:
+            k = fallback[k - 1]
+        k += s[i] == s[k]
+        fallback[i] = k
+    return fallback

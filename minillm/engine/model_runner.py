@@ -1,11 +1,16 @@
-"""Turns a scheduled batch into one forward pass over the paged KV cache."""
+"""Runs one step's plan: the block moves, one forward pass over the paged KV cache, the sampler.
+
+    SchedulerOutput ──► move_blocks ──► prepare (ids, positions, slots) ──► model ──► sample
+"""
 from __future__ import annotations
 
 import torch
 
 from minillm.attention.base import AttentionBackend, AttentionMetadata
-from minillm.engine.scheduler import ScheduledBatch
+from minillm.engine.block_manager import BlockMoves
+from minillm.engine.scheduler import SchedulerOutput
 from minillm.model import LlamaForCausalLM
+from minillm.sampling import SamplerOutput, sample
 
 
 class PagedKVCache:
@@ -27,22 +32,54 @@ class PagedKVCache:
     def attend(self, layer, q, k, v, scale):
         return self.backend.forward(q, k, v, self.k[layer], self.v[layer], self.meta, scale)
 
-    def move_blocks(self, swap_out, swap_in, copies) -> None:
+    def move_blocks(self, moves: BlockMoves) -> None:
         """Carry out the block manager's recorded data moves, in this order."""
-        for src, dst in swap_out:
+        for src, dst in moves.swap_out:
             self.cpu_k[:, dst], self.cpu_v[:, dst] = self.k[:, src].cpu(), self.v[:, src].cpu()
-        for src, dst in swap_in:
+        for src, dst in moves.swap_in:
             self.k[:, dst], self.v[:, dst] = self.cpu_k[:, src], self.cpu_v[:, src]
-        for src, dst in copies:
+        for src, dst in moves.copies:
             self.k[:, dst], self.v[:, dst] = self.k[:, src], self.v[:, src]
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaForCausalLM, cache: PagedKVCache, block_size: int):
+    def __init__(self, model: LlamaForCausalLM, cache: PagedKVCache, block_size: int,
+                 eos_token_ids: list[int]):
         self.model, self.cache, self.block_size = model, cache, block_size
+        self.eos_token_ids = eos_token_ids  # min_tokens forbids them
         self.device = model.device
 
-    def prepare(self, batch: ScheduledBatch):
+    def execute(self, out: SchedulerOutput) -> SamplerOutput:
+        """Run the plan: move blocks, compute the scheduled tokens, sample one token for each of
+        `out.sampled_seqs`."""
+        self.cache.move_blocks(out.moves)  # even when nothing runs: a swap-in must land now
+        if not out.seqs:
+            return SamplerOutput([], [], [])
+        rows = self._sample_rows(out)
+        unique_rows = list(dict.fromkeys(rows))
+        logits = self.run(out, unique_rows)
+        if len(unique_rows) < len(rows):  # parallel samples: repeat their prompt's row
+            logits = logits[[unique_rows.index(row) for row in rows]]
+        seqs = out.sampled_seqs
+        # Token histories only for the rows whose sampling reads them: copying every row's
+        # tokens each step would cost more than the sampling itself.
+        history = [s.params.uses_token_history for s in seqs]
+        prompts = [s.token_ids[:s.num_prompt_tokens] if h else [] for s, h in zip(seqs, history)]
+        outputs = [s.output_token_ids if h else [] for s, h in zip(seqs, history)]
+        return sample(logits, [s.params for s in seqs], prompts, outputs,
+                      [s.generator for s in seqs], self.eos_token_ids)
+
+    @staticmethod
+    def _sample_rows(out: SchedulerOutput) -> list[int]:
+        """Per sampled sequence, the flat batch row of the last token of the sequence it samples
+        from (parallel samples of one prompt share a row)."""
+        last_row, end = [], 0
+        for n in out.num_new_tokens:
+            end += n
+            last_row.append(end - 1)
+        return [last_row[row] for row in out.sample_rows]
+
+    def prepare(self, batch: SchedulerOutput):
         """Flatten the batch: token ids, positions, and where each token's K/V goes."""
         input_ids, positions, slots, query_start, seq_lens = [], [], [], [0], []
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
@@ -68,7 +105,7 @@ class ModelRunner:
         return torch.tensor(data, dtype=dtype, device=self.device)
 
     @torch.inference_mode()
-    def run(self, batch: ScheduledBatch, sample_rows: list[int]) -> torch.Tensor:
+    def run(self, batch: SchedulerOutput, sample_rows: list[int]) -> torch.Tensor:
         """One forward pass; returns float32 logits of the tokens at `sample_rows` (the last token
         of each sequence that completes its prompt or decodes this step)."""
         input_ids, positions, self.cache.meta = self.prepare(batch)

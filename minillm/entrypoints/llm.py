@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import replace
+from dataclasses import fields, replace
 
 from tqdm.auto import tqdm
 
-from minillm.config import EngineConfig, SchedulerConfig
+from minillm.config import EngineConfig
 from minillm.engine.llm_engine import LLMEngine
 from minillm.outputs import RequestOutput
 from minillm.sampling_params import RequestOutputKind, SamplingParams
@@ -19,20 +19,15 @@ class LLM:
     >>> llm.generate("Once upon a time", SamplingParams(temperature=0, max_tokens=20))
     """
 
-    def __init__(self, model: str | None = None, *, dtype: str = "auto", device: str = "auto",
-                 max_model_len: int | None = None, block_size: int = 16,
-                 max_num_seqs: int = 256, max_num_batched_tokens: int = 2048,
-                 enable_prefix_caching: bool = True, attention_backend: str = "auto",
-                 scheduling_policy: str = "fcfs", preemption_mode: str = "recompute",
-                 gpu_memory_utilization: float = 0.9, kv_cache_memory_bytes: int | None = None,
-                 num_gpu_blocks_override: int | None = None, swap_space: float = 1.0,
-                 seed: int = 0):
-        scheduler = SchedulerConfig(max_num_seqs, max_num_batched_tokens, scheduling_policy,
-                                    preemption_mode)
-        self.engine = LLMEngine(EngineConfig(
-            model, dtype, device, max_model_len, block_size, enable_prefix_caching,
-            attention_backend, gpu_memory_utilization, kv_cache_memory_bytes,
-            num_gpu_blocks_override, swap_space, seed, scheduler))
+    def __init__(self, model: str | None = None, **kwargs):
+        """`model`: a Hugging Face checkpoint folder (None: the bundled model). Every other
+        setting is a field of `EngineConfig`, by the same name (vLLM's): `dtype`,
+        `max_model_len`, `max_num_seqs`, `enable_prefix_caching`, `attention_backend`, ..."""
+        unknown = sorted(set(kwargs) - {f.name for f in fields(EngineConfig)})
+        if unknown:
+            raise TypeError(f"LLM() got unknown settings {unknown}; the settings are the fields "
+                            f"of minillm.config.EngineConfig")
+        self.engine = LLMEngine(EngineConfig(model=model, **kwargs))
         self._ids = itertools.count()
 
     def get_tokenizer(self):
@@ -45,11 +40,13 @@ class LLM:
         prompts = [prompts] if isinstance(prompts, (str, dict)) else list(prompts)
         params = (sampling_params if isinstance(sampling_params, list)
                   else [sampling_params or SamplingParams()] * len(prompts))
-        if len(params) != len(prompts):
-            raise ValueError(f"{len(prompts)} prompts but {len(params)} sampling params")
+        priority = [0] * len(prompts) if priority is None else list(priority)
+        for name, values in (("sampling params", params), ("priorities", priority)):
+            if len(values) != len(prompts):
+                raise ValueError(f"{len(prompts)} prompts but {len(values)} {name}")
         # Only the finished outputs are kept: the engine need not build the others.
         params = [replace(p, output_kind=RequestOutputKind.FINAL_ONLY) for p in params]
-        ids = self._add_all(prompts, params, priority or [0] * len(prompts))
+        ids = self._add_all(prompts, params, priority)
         return self._run(ids, use_tqdm)
 
     def chat(self, messages: list[dict] | list[list[dict]],

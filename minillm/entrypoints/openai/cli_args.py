@@ -3,45 +3,29 @@ for `vllm serve` / `python -m vllm.entrypoints.openai.api_server` runs minillm u
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 
-from minillm.attention import BACKEND_NAMES
-from minillm.config import EngineConfig, SchedulerConfig
+from minillm.config import EngineConfig
 
 # vLLM flags that make no difference to minillm (one process, one device, no compilation):
 # accepted so that existing command lines keep working, and otherwise ignored.
 IGNORED_FLAGS = ["--trust-remote-code", "--enforce-eager", "--disable-log-stats",
                  "--disable-frontend-multiprocessing"]
+FLAG_TYPES = {"str": str, "int": int, "float": float, "bool": bool}  # by EngineConfig annotation
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    """The engine's flags (shared by `minillm serve` and `minillm bench serve`)."""
+    """The engine's flags, one per field of `EngineConfig` (shared by `minillm serve` and
+    `minillm bench serve`)."""
     g = parser.add_argument_group("engine")
-    g.add_argument("--model", default=None,
-                   help="Hugging Face checkpoint folder (default: the bundled minillm-tiny)")
-    g.add_argument("--dtype", default="auto",
-                   choices=["auto", "float32", "float16", "bfloat16", "half", "float"],
-                   help="weights and KV cache (auto: float32 on CPU, float16 on GPU)")
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    g.add_argument("--max-model-len", type=int, default=None,
-                   help="prompt + output tokens (default: the model's, at most 4096)")
-    g.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
-    g.add_argument("--gpu-memory-utilization", type=float, default=0.9,
-                   help="share of GPU memory for weights and KV cache")
-    g.add_argument("--kv-cache-memory-bytes", type=int, default=None,
-                   help="KV cache size in bytes (CPU default: 1 GiB)")
-    g.add_argument("--num-gpu-blocks-override", type=int, default=None,
-                   help="exact number of KV blocks")
-    g.add_argument("--swap-space", type=float, default=1.0,
-                   help="GiB of CPU memory for preempted sequences (--preemption-mode swap)")
-    g.add_argument("--max-num-seqs", type=int, default=256, help="sequences running at once")
-    g.add_argument("--max-num-batched-tokens", type=int, default=2048,
-                   help="tokens in one forward pass")
-    g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
-                   default=True, help="reuse the KV blocks of shared prompt prefixes")
-    g.add_argument("--scheduling-policy", default="fcfs", choices=["fcfs", "priority"])
-    g.add_argument("--preemption-mode", default="recompute", choices=["recompute", "swap"])
-    g.add_argument("--attention-backend", default="auto", choices=BACKEND_NAMES)
-    g.add_argument("--seed", type=int, default=0)
+    for f in fields(EngineConfig):
+        flag, kind = "--" + f.name.replace("_", "-"), FLAG_TYPES[f.type.split(" |")[0]]
+        if kind is bool:
+            g.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+                           help=f.metadata["help"])
+        else:
+            g.add_argument(flag, type=kind, default=f.default, choices=f.metadata["choices"],
+                           help=f.metadata["help"])
     g.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, choices=[1],
                    help="minillm runs on one device")
     for flag in IGNORED_FLAGS:
@@ -100,15 +84,6 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:
-    scheduler = SchedulerConfig(args.max_num_seqs, args.max_num_batched_tokens,
-                                args.scheduling_policy, args.preemption_mode)
-    dtype = {"half": "float16", "float": "float32"}.get(args.dtype, args.dtype)
-    return EngineConfig(
-        model=getattr(args, "model_tag", None) or args.model, dtype=dtype, device=args.device,
-        max_model_len=args.max_model_len, block_size=args.block_size,
-        enable_prefix_caching=args.enable_prefix_caching,
-        attention_backend=args.attention_backend,
-        gpu_memory_utilization=args.gpu_memory_utilization,
-        kv_cache_memory_bytes=args.kv_cache_memory_bytes,
-        num_gpu_blocks_override=args.num_gpu_blocks_override, swap_space=args.swap_space,
-        seed=args.seed, scheduler=scheduler)
+    settings = {f.name: getattr(args, f.name) for f in fields(EngineConfig)}
+    settings["model"] = getattr(args, "model_tag", None) or args.model
+    return EngineConfig(**settings)
