@@ -135,6 +135,10 @@ def test_memory_map_marks_internal_and_external():
     codes = arena.memory_map(final_lengths={"b": 7}, waiting_size=5)
     assert list(codes[6:16]) == [C.TOKEN] * 3 + [C.RESERVED] * 4 + [C.NEVER_USED] * 3
     assert list(codes[:6]) == [C.FREE] * 6 and list(codes[16:]) == [C.EXTERNAL] * 4
+    # a hole exactly the waiting size fits it; a request without a final length is all reserved
+    codes = arena.memory_map(final_lengths={}, waiting_size=4)
+    assert list(codes[6:16]) == [C.TOKEN] * 3 + [C.RESERVED] * 7
+    assert list(codes[16:]) == [C.FREE] * 4
 
 
 # -- the trace ----------------------------------------------------------------------------------
@@ -177,18 +181,41 @@ def test_waste_recounted_from_the_memory_map(small_results):
             count = np.bincount(codes, minlength=6)
             assert count[C.TOKEN] == usage.tokens
             assert count[C.RESERVED] == usage.reservation
-            assert count[C.NEVER_USED] == usage.internal
+            assert count[C.NEVER_USED] + count[C.TAIL] == usage.internal
             assert count[C.EXTERNAL] == usage.external
-            assert count[C.TAIL] == usage.tail
             assert count[C.FREE] == usage.free
             assert usage.in_use + usage.free == res.capacity
 
 
-def test_paged_tail_is_under_one_block_per_request(small_results):
+def test_paged_internal_fragmentation_is_under_one_block_per_request(small_results):
     _, results = small_results
     for usage in results["paged"].steps:
-        assert 0 <= usage.tail <= usage.running * 15
-        assert usage.reservation == usage.internal == usage.external == 0
+        assert 0 <= usage.internal <= usage.running * 15, usage
+        assert usage.reservation == usage.external == 0, usage
+    assert "tail" not in figures(results)  # the paper's name: internal fragmentation
+
+
+def test_replay_takes_another_allocator_class(small_results):
+    """The labs' integration hook: a class of the same interface replaces minillm's."""
+    from minillm.engine.block_manager import BlockManager
+
+    made = []
+
+    class CountingManager(BlockManager):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    class CountingArena(ContiguousAllocator):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    trace, results = small_results
+    for name, cls in (("paged", CountingManager), ("best_fit", CountingArena)):
+        res = replay(trace, 4096, name, map_every=1, allocator_cls=cls)
+        assert isinstance(made[-1], cls) and res.steps == results[name].steps, name
+        assert all((a == b).all() for a, b in zip(res.maps, results[name].maps)), name
 
 
 def test_paged_blocks_are_never_shared():
@@ -255,6 +282,33 @@ def test_plots_draw(small_results):
     plt.close(fig)
 
 
+def test_block_table_picture_labels_every_token_in_its_slot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from minillm.engine.block_manager import BlockManager
+    from minillm.engine.sequence import Sequence
+    from minillm.memory.plots import plot_block_tables
+
+    manager = BlockManager(6, 4, enable_prefix_caching=False)
+    seqs = {"A": Sequence(list(range(6)), 4), "B": Sequence(list(range(3)), 4)}
+    for seq in seqs.values():
+        manager.allocate(seq, seq.num_tokens)
+        seq.num_computed_tokens = seq.num_tokens
+    fig, ax = plt.subplots()
+    plot_block_tables(ax, manager, seqs)
+    # each label sits in the cell of its slot: block_table[t // 4], offset t % 4
+    where = {text.get_text(): text.get_position() for text in ax.texts}
+    for name, seq in seqs.items():
+        for t in range(seq.num_tokens):
+            x, y = where[f"{name}{t}"]
+            assert (int(x), int(y)) == (t % 4, seq.block_table[t // 4]), (name, t)
+    assert len(ax.texts) == 9 and ax.get_ylim() == (6, 0)
+    plt.close(fig)
+
+
 def test_environment_checks_report_without_raising():
     from minillm.envcheck import check_environment, measure_bandwidth
 
@@ -270,7 +324,7 @@ def test_serving_metrics_on_a_fake_clock():
     from types import SimpleNamespace
 
     from minillm.bench.challenge import cost_per_million_tokens, serve_one_at_a_time, \
-        serving_metrics
+        serving_metrics, time_per_output_token, time_to_first_token
 
     now = [0.0]
 
@@ -284,12 +338,28 @@ def test_serving_metrics_on_a_fake_clock():
 
     records = serve_one_at_a_time(FakeGenerator(), ["aa", "bbbb"], max_new_tokens=10,
                                   clock=lambda: now[0])
-    assert [r.ttft_s for r in records] == [1.0, 3.0]  # the second waited 2 s in the queue
+    assert [time_to_first_token(r) for r in records] == [1.0, 3.0]  # the second waited 2 s
     assert [r.latency_s for r in records] == [2.0, 6.0]
+    assert [time_per_output_token(r) for r in records] == [1.0, 1.0]  # (2-1)/1, (6-3)/3
     m = serving_metrics(records)
     assert m["throughput_tok_s"] == pytest.approx(6 / 6)
-    assert m["ttft_mean_s"] == pytest.approx(2.0) and m["ttft_max_s"] == 3.0
-    assert m["kv_utilisation"] == pytest.approx((1 + 2 + 1 + 4) / (11 + 11))
-    assert records[1].tokens_per_s == pytest.approx(3 / 3)
+    assert m["ttft_p50_s"] == pytest.approx(2.0) and m["ttft_p99_s"] == pytest.approx(2.98)
+    # chapter 3's measure, step by step: cache 1, 2 of 11 slots; then 1, 2, 3, 4 of 11
+    assert m["kv_utilisation"] == pytest.approx((1 + 2 + 1 + 2 + 3 + 4) / (6 * 11))
     assert cost_per_million_tokens(3.6, 1000) == pytest.approx(1.0)
     assert cost_per_million_tokens(2.0, 0) == float("inf")
+
+
+def test_percentile_and_goodput_by_hand():
+    from minillm.bench.challenge import RequestRecord, goodput, percentile
+
+    assert percentile([3, 1, 2], 50) == 2 and percentile([1, 2, 3, 4], 50) == 2.5
+    assert percentile([10, 20], 99) == pytest.approx(19.9)
+    assert np.isclose(percentile(list(range(101)), 37.5), np.percentile(range(101), 37.5))
+    with pytest.raises(ValueError):
+        percentile([], 50)
+    # (arrival, first token, end, tokens): TTFT 0.5 (at the limit), TPOT 0.25 (at the limit),
+    # TTFT too slow, a single token judged on its TTFT alone
+    records = [RequestRecord(1, 3, 9, 0.0, 0.5, 1.0), RequestRecord(1, 5, 9, 0.0, 1.5, 2.0),
+               RequestRecord(1, 1, 9, 1.0, 1.25, 1.25), RequestRecord(1, 2, 9, 0.0, 0.25, 4.0)]
+    assert goodput(records, ttft_limit_s=0.5, tpot_limit_s=0.25) == pytest.approx(2 / 4)

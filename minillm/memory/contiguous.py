@@ -37,9 +37,9 @@ TOKEN = 1  # holds a real token's K/V
 RESERVED = 2  # reserved for a token the request will still generate
 NEVER_USED = 3  # reserved, but the request finishes before reaching it (internal fragmentation)
 EXTERNAL = 4  # free, in a hole too small for the waiting request (external fragmentation)
-TAIL = 5  # paged: allocated in a request's last block but not holding a token yet
+TAIL = 5  # paged: in a request's last block, not holding a token yet (internal fragmentation)
 MAP_LABELS = ("free", "token", "reserved (future tokens)", "never used (internal frag.)",
-              "unusable hole (external frag.)", "unused tail of last block")
+              "unusable hole (external frag.)", "empty tail of last block (internal frag.)")
 
 POLICIES = ("first_fit", "best_fit")
 
@@ -169,12 +169,14 @@ class ContiguousAllocator:
         """One code per slot (`FREE`, `TOKEN`, `RESERVED`, `NEVER_USED`, `EXTERNAL`).
 
         `final_lengths` (request id -> tokens it will hold when it finishes) splits the unused
-        part of a reservation into `RESERVED` (future tokens) and `NEVER_USED`; without it, all of
-        it is `RESERVED`. `waiting_size` marks the holes too small for that request `EXTERNAL`.
+        part of a reservation into `RESERVED` (future tokens) and `NEVER_USED`; without it, or for
+        a request it does not name, all of it is `RESERVED`. `waiting_size` marks the holes too
+        small for that request `EXTERNAL` (the same holes `external_fragmentation` counts).
         """
+        final_lengths = final_lengths or {}
         codes = np.full(self.capacity, FREE, dtype=np.uint8)
         for r in self.regions.values():
-            final = r.size if final_lengths is None else min(final_lengths[r.request_id], r.size)
+            final = min(final_lengths.get(r.request_id, r.size), r.size)
             codes[r.start:r.start + r.used] = TOKEN
             codes[r.start + r.used:r.start + max(final, r.used)] = RESERVED
             codes[r.start + max(final, r.used):r.start + r.size] = NEVER_USED

@@ -51,14 +51,13 @@ def plot_map_row(ax, codes: np.ndarray, title: str = ""):
     return ax
 
 
-def plot_breakdown(ax, results: dict, keys=("tokens", "reservation", "internal", "external",
-                                            "tail")):
+def plot_breakdown(ax, results: dict, keys=("tokens", "reservation", "internal", "external")):
     """Stacked bars: where the KV memory in use went, per allocator."""
     colors = {"tokens": MAP_COLORS[1], "reservation": MAP_COLORS[2], "internal": MAP_COLORS[3],
-              "external": MAP_COLORS[4], "tail": MAP_COLORS[5]}
+              "external": MAP_COLORS[4]}
     labels = {"tokens": "real tokens", "reservation": "reservation (future tokens)",
-              "internal": "internal frag. (never used)",
-              "external": "external frag. (unusable holes)", "tail": "unused tail of last block"}
+              "internal": "internal frag. (held, left empty)",
+              "external": "external frag. (unusable holes)"}
     names = list(results)
     bottom = np.zeros(len(names))
     for key in keys:
@@ -70,4 +69,34 @@ def plot_breakdown(ax, results: dict, keys=("tokens", "reservation", "internal",
     ax.set_ylabel("% of the KV memory in use")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    return ax
+
+
+def plot_block_tables(ax, manager, seqs: dict, colors: dict | None = None):
+    """Physical KV memory as a grid: one row per block, one cell per slot, each filled slot
+    labelled with its sequence's name and token index, found through that sequence's block table
+    (chapter 4's picture). `seqs` maps a name to a `Sequence`; empty cells are free slots.
+    """
+    from matplotlib.patches import Rectangle
+
+    size, num_blocks = manager.block_size, manager.num_blocks
+    palette = iter(("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"))
+    colors = colors or {name: next(palette) for name in seqs}
+    for name, seq in seqs.items():
+        for t in range(seq.num_computed_tokens):
+            block, offset = seq.block_table[t // size], t % size
+            ax.add_patch(Rectangle((offset, block), 0.95, 0.9, color=colors[name]))
+            ax.text(offset + 0.45, block + 0.45, f"{name}{t}", ha="center", va="center",
+                    fontsize=7, color="white")
+    for block in range(num_blocks):
+        for offset in range(size):
+            ax.add_patch(Rectangle((offset, block), 0.95, 0.9, fill=False, ec="#bbb"))
+    ax.set_xlim(0, size)
+    ax.set_ylim(num_blocks, 0)
+    ax.set_xticks([s + 0.475 for s in range(size)], range(size))
+    ax.set_yticks([b + 0.45 for b in range(num_blocks)], range(num_blocks))
+    ax.set_xlabel("slot in block")
+    ax.set_ylabel("physical block")
+    ax.set_title("Block tables: " + ", ".join(f"{name} → {seq.block_table}"
+                                              for name, seq in seqs.items()), fontsize=9)
     return ax

@@ -27,11 +27,17 @@ either prefills its prompt or decodes one token, as in continuous batching. Per 
 4. memory is measured (this is what the forward pass sees);
 5. every running request gains one token; those that reached their output length finish and free.
 
-**What is measured**, per step, in token slots (`StepUsage`): real tokens; contiguous:
-reservation (future tokens), internal fragmentation (never used), external fragmentation (free
-slots in holes too small for the request at the head of the queue, while it waits); paged: the
-unused tail of each request's last block. Averages are taken over the *loaded* steps (someone was
-waiting), which is when waste costs throughput.
+**What is measured**, per step, in token slots (`StepUsage`), with the paper's names: real
+tokens; reservation (contiguous: slots held for tokens still to come); internal fragmentation
+(slots a request holds but leaves empty: contiguous, beyond the length it finishes at; paged, the
+empty tail of its last block, under one block); external fragmentation (contiguous: free slots in
+holes too small for the request at the head of the queue, while it waits). Averages are taken
+over the *loaded* steps (someone was waiting), which is when waste costs throughput.
+
+**The hook** (`allocator_cls`). `replay` builds its memory from minillm's `BlockManager` or
+`ContiguousAllocator`; any class with the same interface can stand in. The labs' integration
+grading (`make grade LAB=lab03 INTEGRATION=1`) plugs a learner's class in here and requires the
+same figures as minillm's.
 """
 from __future__ import annotations
 
@@ -107,22 +113,21 @@ class StepUsage:
     waiting: int
     tokens: int = 0  # real tokens' K/V
     reservation: int = 0  # contiguous: reserved for tokens still to come
-    internal: int = 0  # contiguous: reserved, never to be used
+    internal: int = 0  # held but left empty: contiguous past the final length, paged a last
+    #                    block's empty tail (internal fragmentation)
     external: int = 0  # contiguous: free but in holes too small for the waiting request
-    tail: int = 0  # paged: unused slots of the last block of each request
     free: int = 0  # free and not wasted (nothing waits, or usable)
 
     @property
     def in_use(self) -> int:
         """Slots held by requests or lost to fragmentation: everything but the usable free."""
-        return self.tokens + self.reservation + self.internal + self.external + self.tail
+        return self.tokens + self.reservation + self.internal + self.external
 
     def describe(self, capacity: int) -> str:
         """One line per kind of memory, as shares of the whole KV memory (the sliders print it)."""
         rows = [("real tokens", self.tokens), ("reservation (future tokens)", self.reservation),
-                ("internal frag. (never used)", self.internal),
-                ("external frag. (unusable holes)", self.external),
-                ("unused tail of last block", self.tail), ("free", self.free)]
+                ("internal frag. (held, left empty)", self.internal),
+                ("external frag. (unusable holes)", self.external), ("free", self.free)]
         lines = [f"step {self.step}: {self.running} running, {self.waiting} waiting"]
         lines += [f"  {name:<32}{n:>7} slots  {100 * n / capacity:5.1f}%"
                   for name, n in rows if n or name in ("real tokens", "free")]
@@ -163,14 +168,13 @@ class ReplayResult:
         total = lambda attr: float(sum(getattr(s, attr) for s in steps))  # noqa: E731
         in_use = sum(s.in_use for s in steps) or 1
         capacity = self.capacity * len(steps)
-        waste = total("reservation") + total("internal") + total("external") + total("tail")
+        waste = total("reservation") + total("internal") + total("external")
         return {
             "token_share": total("tokens") / in_use,
             "waste_share": waste / in_use,
             "reservation_share": total("reservation") / in_use,
             "internal_share": total("internal") / in_use,
             "external_share": total("external") / in_use,
-            "tail_share": total("tail") / in_use,
             "utilisation": total("tokens") / capacity,  # real tokens / all KV memory
             "mean_running": total("running") / len(steps),
             "peak_running": max(s.running for s in self.steps),
@@ -196,12 +200,15 @@ class _Live:
 
 def replay(trace: list[TraceRequest], capacity: int, allocator: str = "paged",
            block_size: int = 16, max_num_seqs: int = 256, watermark: float = 0.01,
-           map_every: int = 0, max_steps: int = 200_000) -> ReplayResult:
+           map_every: int = 0, max_steps: int = 200_000,
+           allocator_cls: type | None = None) -> ReplayResult:
     """Serve `trace` with `capacity` token slots of KV memory; measure every step.
 
     `allocator` is `"paged"` (minillm's `BlockManager`, `capacity // block_size` blocks) or
     `"first_fit"` / `"best_fit"` (the contiguous arena). `map_every` > 0 records the memory map
     (one code per slot, see `minillm.memory.contiguous.MAP_LABELS`) every that many steps.
+    `allocator_cls` replaces minillm's class of that kind with another of the same interface
+    (a learner's, in the labs' integration grading); None keeps minillm's.
     """
     paged = allocator == "paged"
     name = "paged" if paged else f"contiguous/{allocator}"
@@ -209,10 +216,11 @@ def replay(trace: list[TraceRequest], capacity: int, allocator: str = "paged",
         from minillm.engine.block_manager import BlockManager
         from minillm.engine.sequence import Sequence
 
-        manager = BlockManager(capacity // block_size, block_size, enable_prefix_caching=False)
+        manager = (allocator_cls or BlockManager)(capacity // block_size, block_size,
+                                                  enable_prefix_caching=False)
         watermark_blocks = int(watermark * manager.num_blocks)
     else:
-        arena = ContiguousAllocator(capacity, policy=allocator)
+        arena = (allocator_cls or ContiguousAllocator)(capacity, policy=allocator)
     result = ReplayResult(name, capacity if not paged else manager.num_blocks * block_size, [])
     pending = deque(sorted(trace, key=lambda r: (r.arrival_step, r.request_id)))
     waiting: deque[_Live] = deque()
@@ -260,7 +268,7 @@ def replay(trace: list[TraceRequest], capacity: int, allocator: str = "paged",
             usage.tokens += live.cached + live.new
         if paged:
             allocated = sum(len(live.seq.block_table) for live in running) * block_size
-            usage.tail = allocated - usage.tokens
+            usage.internal = allocated - usage.tokens
             usage.free = result.capacity - allocated
         else:
             for live in running:
@@ -332,14 +340,17 @@ def compare(trace: list[TraceRequest], capacity: int, block_size: int = 16,
 
 
 def figures(results: dict[str, ReplayResult]) -> str:
-    """A plain-text table of the replay figures (what chapter 4 and the benchmark print)."""
-    rows = [("", "tokens", "reserv.", "internal", "external", "tail", "waste", "running",
-             "steps")]
+    """A plain-text table of the replay figures (what chapter 4 and the benchmark print).
+
+    The waste columns follow the PagedAttention paper: paging's only waste, the empty tail of
+    each request's last block, is internal fragmentation.
+    """
+    rows = [("", "tokens", "reserv.", "internal", "external", "waste", "running", "steps")]
     for name, res in results.items():
         s = res.summary()
         rows.append((res.allocator, *(f"{100 * s[k]:.1f}%" for k in (
             "token_share", "reservation_share", "internal_share", "external_share",
-            "tail_share", "waste_share")), f"{s['mean_running']:.1f}",
+            "waste_share")), f"{s['mean_running']:.1f}",
             f"{s['makespan_steps']}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
