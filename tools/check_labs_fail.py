@@ -1,28 +1,222 @@
-"""Prove the labs have teeth: every task's tests must fail against the untouched starter files.
+"""Prove the labs have teeth: the tests must fail the untouched starter files and plausible
+wrong solutions.
 
-`make test-labs` first runs `pytest labs --reference` (the tests pass on minillm's reference),
-then this script, which
+`make test-labs` first runs `pytest labs --reference --integration` (the tests pass on
+minillm's reference), then this script, which
 
 1. checks that each stub in a starter file keeps the exact signature of the reference it stands
-   for (a learner's finished file must drop into the engine's place), and
+   for (a learner's finished file must drop into the engine's place);
 2. runs every lab's tests against the starter files (in one pytest session) and checks that each
-   task marker has tests and that none of them passes.
+   task marker has tests and that none of them passes;
+3. grades each *mutant* in `MUTANTS` (the reference with one plausible mistake: an off-by-one,
+   a forgotten held block, ignored reference counts, a wrong free-list order, `<` for `<=`...)
+   with the tests of the task it breaks alone, and checks that at least one of them fails: a
+   mistake must be caught by its own task, not only by a later one that builds on it.
 
-Exit status 0 when both hold, 1 otherwise, with a table of tasks.
+A mutant is a list of (text of the reference, its replacement); if the reference changed so that
+the text is no longer there exactly once, the script says so and fails: update the mutant.
+
+Exit status 0 when all hold, 1 otherwise, with a table of tasks and one line per mutant.
 """
 from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import inspect
 import sys
+import tempfile
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 LABS = ROOT / "labs"
+
+
+@dataclass(frozen=True)
+class Mutant:
+    task: str  # "3.2": the task whose own tests must catch it
+    what: str  # the wrong solution, as a learner might write it
+    edits: tuple[tuple[str, str], ...]  # (text of the reference, exactly once; its replacement)
+
+
+def mutant(task: str, what: str, *edits: tuple[str, str]) -> Mutant:
+    return Mutant(task, what, edits)
+
+
+# The wrong solutions of issue 15 and other plausible ones, per lab folder.
+MUTANTS: dict[str, list[Mutant]] = {
+    "lab00_metrics": [
+        mutant("0.1", "TTFT from the first token to the end",
+               ("return record.first_token_s - record.arrival_s",
+                "return record.end_s - record.first_token_s")),
+        mutant("0.1", "TPOT divides by all the tokens, not the gaps between them",
+               ("/ (record.output_tokens - 1)", "/ record.output_tokens")),
+        mutant("0.2", "percentile at the nearest rank, no interpolation",
+               ("return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)",
+                "return ordered[round(rank)]")),
+        mutant("0.2", "percentile off by one rank: q / 100 * n",
+               ("rank = q / 100 * (len(ordered) - 1)", "rank = min(q / 100 * len(ordered), "
+                                                       "len(ordered) - 1)")),
+        mutant("0.2", "percentile of the unsorted values",
+               ("ordered = sorted(values)", "ordered = list(values)")),
+        mutant("0.3", "`<` for `<=`: a request exactly at the TTFT limit is not good",
+               ("if time_to_first_token(r) <= ttft_limit_s",
+                "if time_to_first_token(r) < ttft_limit_s")),
+        mutant("0.3", "a one-token request (no TPOT) is never good",
+               ("(time_per_output_token(r) is None or time_per_output_token(r) <= tpot_limit_s)",
+                "(time_per_output_token(r) is not None and "
+                "time_per_output_token(r) <= tpot_limit_s)")),
+        mutant("0.3", "goodput per second of the last request's end, not of the run",
+               ("duration = max(r.end_s for r in records) - min(r.arrival_s for r in records)",
+                "duration = max(r.end_s for r in records)")),
+        mutant("0.4", "utilisation of the final cache only (chapter 1's old 91 %)",
+               ("stored = sum(r.output_tokens * r.prompt_tokens + r.output_tokens * "
+                "(r.output_tokens - 1) // 2\n                 for r in records)\n"
+                "    held = sum(r.output_tokens * r.reserved_tokens for r in records)",
+                "stored = sum(r.prompt_tokens + r.output_tokens for r in records)\n"
+                "    held = sum(r.reserved_tokens for r in records)")),
+        mutant("0.4", "off by one: the last sampled token counted as cached",
+               ("(r.output_tokens - 1) // 2", "(r.output_tokens + 1) // 2")),
+    ],
+    "lab01_kv_cache": [
+        mutant("1.1", "K only, not K and V",
+               ("return 2 * num_layers * num_kv_heads", "return num_layers * num_kv_heads")),
+        mutant("1.2", "off by one token", ("return num_tokens * kv_cache_bytes_per_token",
+                                           "return (num_tokens + 1) * kv_cache_bytes_per_token")),
+        mutant("1.3", "float division, then int()",
+               ("return budget_bytes // kv_cache_bytes_per_token(num_layers, num_kv_heads, "
+                "head_dim,\n                                                     dtype_bytes)",
+                "return int(budget_bytes / kv_cache_bytes_per_token(num_layers, num_kv_heads, "
+                "head_dim, dtype_bytes))")),
+        mutant("1.3", "float division", ("return budget_bytes // kv_cache_bytes_per_token(",
+                                         "return budget_bytes / kv_cache_bytes_per_token(")),
+        mutant("1.4", "2048-token requests hard-coded",
+               ("dtype_bytes) // tokens_per_request", "dtype_bytes) // 2048")),
+        mutant("1.4", "rounded to the nearest request, not down",
+               ("return max_cached_tokens(budget_bytes, num_layers, num_kv_heads, head_dim,\n"
+                "                             dtype_bytes) // tokens_per_request",
+                "return round(max_cached_tokens(budget_bytes, num_layers, num_kv_heads, "
+                "head_dim,\n                             dtype_bytes) / tokens_per_request)")),
+    ],
+    "lab02_contiguous": [
+        mutant("2.1", "off by one: zero-length gaps kept as holes",
+               ("        if start > cursor:", "        if start >= cursor:")),
+        mutant("2.1", "the hole after the last region forgotten",
+               ("holes.append((cursor, capacity - cursor))", "pass")),
+        mutant("2.1", "regions assumed sorted", ("in sorted(regions):", "in regions:")),
+        mutant("2.2", "first fit assumes sorted holes", ("in sorted(holes):", "in holes:")),
+        mutant("2.2", "`>` for `>=`: a hole of exactly the size does not fit",
+               ("        if length >= size:", "        if length > size:")),
+        mutant("2.2", "best fit breaks ties by list order, not by address",
+               ("return min(fitting)[1] if fitting", "return min(fitting, key=lambda f: f[0])[1] "
+                                                     "if fitting")),
+        mutant("2.3", "`<=` for `<`: a hole of exactly the size counted as unusable",
+               ("if length < request_size)", "if length <= request_size)")),
+        mutant("2.4", "append refuses to fill a region exactly (`>=` for `>`)",
+               ("if region.used + num_tokens > region.size:",
+                "if region.used + num_tokens >= region.size:")),
+        mutant("2.4", "a request may hold two regions",
+               ("        if request_id in self.regions:\n            raise ValueError",
+                "        if False:\n            raise ValueError")),
+        mutant("2.4", "every request placed first fit, whatever the policy",
+               ("place = first_fit if self.policy == \"first_fit\" else best_fit",
+                "place = first_fit")),
+        mutant("2.5", "holes of exactly the waiting size marked external (contradicts 2.3)",
+               ("if length < waiting_size:", "if length <= waiting_size:")),
+        mutant("2.5", "KeyError for a request missing from final_lengths",
+               ("final = min(final_lengths.get(r.request_id, r.size), r.size)",
+                "final = min(final_lengths[r.request_id], r.size)")),
+        mutant("2.5", "off by one: the first future slot left free",
+               ("codes[r.start + r.used:r.start + max(final, r.used)] = RESERVED",
+                "codes[r.start + r.used + 1:r.start + max(final, r.used)] = RESERVED")),
+    ],
+    "lab03_paged_blocks": [
+        mutant("3.1", "off by one: n // size + 1", ("return -(-num_tokens // block_size)",
+                                                    "return num_tokens // block_size + 1")),
+        mutant("3.1", "rounded down", ("return -(-num_tokens // block_size)",
+                                       "return num_tokens // block_size")),
+        mutant("3.2", "can_allocate forgets the blocks the sequence already holds",
+               ("return needed - len(seq.block_table) + self._needs_copy(seq) <= "
+                "self.num_free_blocks", "return needed + self._needs_copy(seq) <= "
+                                        "self.num_free_blocks")),
+        mutant("3.2", "`<` for `<=`: the last free block is never used",
+               ("+ self._needs_copy(seq) <= self.num_free_blocks",
+                "+ self._needs_copy(seq) < self.num_free_blocks")),
+        mutant("3.2", "ref counts ignored: a block taken keeps ref_count 0",
+               ("block.hash, block.token_ids, block.ref_count = None, [], 1",
+                "block.hash, block.token_ids = None, []")),
+        mutant("3.2", "not all or nothing: takes what is free, then reports failure",
+               ("        if not self.can_allocate(seq, num_new_tokens):\n"
+                "            return False\n",
+                "        ok = self.can_allocate(seq, num_new_tokens)\n"),
+               ("        while len(seq.block_table) < needed:\n"
+                "            seq.block_table.append(self._take_free_block())\n        return True",
+                "        while len(seq.block_table) < needed and self.free_block_ids:\n"
+                "            seq.block_table.append(self._take_free_block())\n        return ok")),
+        mutant("3.3", "off by one: a new block one token early",
+               ("            self._copy_on_write(seq)\n        needed = blocks_for("
+                "seq.num_computed_tokens + num_new_tokens, self.block_size)",
+                "            self._copy_on_write(seq)\n        needed = blocks_for("
+                "seq.num_computed_tokens + num_new_tokens + 1, self.block_size)")),
+        mutant("3.4", "ref counts ignored: every block goes back, even one still shared",
+               ("        if block.ref_count == 0:\n            self.free_block_ids[block_id]",
+                "        if True:\n            self.free_block_ids[block_id]")),
+        mutant("3.4", "freed blocks pushed to the front of the free list",
+               ("self.free_block_ids[block_id] = None",
+                "self.free_block_ids[block_id] = None\n"
+                "            self.free_block_ids.move_to_end(block_id, last=False)")),
+        mutant("3.4", "blocks freed first to last (the prompt's first blocks reused first)",
+               ("for block_id in reversed(seq.block_table):\n            self._release",
+                "for block_id in seq.block_table:\n            self._release")),
+        mutant("3.4", "the block table is not emptied",
+               ("self._release(block_id)\n        seq.block_table = []",
+                "self._release(block_id)")),
+    ],
+    "lab05_paged_decode": [
+        mutant("5.1", "the logical block used as the physical one (block table ignored)",
+               ("block = tl.load(block_table + pos // block_size, mask=in_range, other=0)",
+                "block = pos // block_size")),
+        mutant("5.1", "the slot is the position, not the position within its block",
+               ("(pos % block_size) * stride_c_slot", "pos * stride_c_slot")),
+        mutant("5.1", "the KV head's offset forgotten",
+               ("* stride_c_slot\n               + head_offset)", "* stride_c_slot)")),
+        mutant("5.1", "K past the context read unmasked",
+               ("k = tl.load(k_cache_ptr + offsets[:, None] + dims[None, :], "
+                "mask=in_range[:, None], other=0.0)",
+                "k = tl.load(k_cache_ptr + offsets[:, None] + dims[None, :])")),
+        mutant("5.2", "one program per KV head: groups over GROUP_ROWS not sliced",
+               ("kv_head = slice_id // slices_per_kv_head", "kv_head = slice_id")),
+        mutant("5.2", "GROUP_ROWS hard-coded as 16",
+               ("slices_per_kv_head = tl.cdiv(group_size, GROUP_ROWS)",
+                "slices_per_kv_head = tl.cdiv(group_size, 16)")),
+        mutant("5.2", "`<=` for `<`: one padding row taken for a real head",
+               ("first_in_group + rows < group_size", "first_in_group + rows <= group_size")),
+        mutant("5.2", "query heads numbered from the KV head, not from its group",
+               ("heads = kv_head * group_size + first_in_group + rows",
+                "heads = kv_head + first_in_group + rows")),
+        mutant("5.3", "the output so far not rescaled when the max grows",
+               ("acc_new = acc * alpha[:, None] + tl.dot", "acc_new = acc + tl.dot")),
+        mutant("5.3", "the running sum not rescaled when the max grows",
+               ("l_new = l_i * alpha + tl.sum(p, axis=1)", "l_new = l_i + tl.sum(p, axis=1)")),
+        mutant("5.3", "exp for exp2 (scores are in log2 units)",
+               ("p = tl.exp2(scores - m_new[:, None])", "p = tl.exp(scores - m_new[:, None])")),
+        mutant("5.3", "the max of this tile only, not of everything seen",
+               ("m_new = tl.maximum(m_i, tl.max(scores, axis=1))",
+                "m_new = tl.max(scores, axis=1)")),
+        mutant("5.4", "partitions weighted by exp2(lse) itself (overflows)",
+               ("weight = tl.exp2(lse - new_max)", "weight = tl.exp2(lse)")),
+        mutant("5.4", "every partition weighted alike (a plain mean)",
+               ("weight = tl.exp2(lse - new_max)", "weight = 1.0")),
+        mutant("5.4", "the output so far not rescaled when the max grows",
+               ("acc * rescale + weight * part_out", "acc + weight * part_out")),
+        mutant("5.4", "the sum of weights not rescaled when the max grows",
+               ("weight_sum * rescale + weight", "weight_sum + weight")),
+    ],
+}
 
 
 def lab_modules() -> list[tuple[Path, str, str]]:
@@ -80,17 +274,61 @@ class TaskOutcomes:
     def __init__(self):
         self.task_of: dict[str, list[str]] = {}
         self.outcomes: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.failures: list[str] = []
 
     def pytest_collection_modifyitems(self, items):
         for item in items:
             self.task_of[item.nodeid] = [m.name for m in item.iter_markers()
-                                         if m.name.startswith("task")]
+                                         if m.name.startswith("task") or m.name == "integration"]
 
     def pytest_runtest_logreport(self, report):
         if report.when == "call" or report.outcome != "passed":
-            for task in self.task_of.get(report.nodeid, ["(no task marker)"]) or \
-                    ["(no task marker)"]:
+            if report.outcome == "failed":
+                self.failures.append(report.nodeid)
+            for task in self.task_of.get(report.nodeid) or ["(no task marker)"]:
                 self.outcomes[task][report.outcome] += 1
+
+
+def run_pytest(args: list[str]) -> TaskOutcomes:
+    plugin = TaskOutcomes()
+    pytest.main([*args, "-p", "no:terminal", "-p", "no:cacheprovider", "-o", "addopts=",
+                 "--hypothesis-profile", "labs-check"], plugins=[plugin])
+    return plugin
+
+
+def mutant_problems(folder: str, mutants: list[Mutant], test: Path, reference: str,
+                    workdir: Path) -> list[str]:
+    """Grade each mutant of `reference` with its own task's tests; a problem per survivor."""
+    source_path = Path(importlib.util.find_spec(reference).origin)
+    source = source_path.read_text(encoding="utf-8")
+    problems = []
+    for i, m in enumerate(mutants):
+        text = source
+        for old, new in m.edits:
+            if text.count(old) != 1:
+                problems.append(f"mutant {m.task} '{m.what}' no longer applies: "
+                                f"{source_path.relative_to(ROOT)} holds {old!r} "
+                                f"{text.count(old)} times, not once; update MUTANTS")
+                break
+            text = text.replace(old, new)
+        else:
+            path = workdir / f"{folder}_mutant_{i}.py"
+            path.write_text(text, encoding="utf-8")
+            try:
+                compile(text, str(path), "exec")
+            except SyntaxError as e:
+                problems.append(f"mutant {m.task} '{m.what}' is not valid Python: {e}")
+                continue
+            outcome = run_pytest([str(test), "--impl", str(path), "-x",
+                                  "-m", "task" + m.task.replace(".", "_")])
+            caught = outcome.failures[0].split("::")[-1] if outcome.failures else None
+            ran = sum(sum(c.values()) for c in outcome.outcomes.values())
+            print(f"  {m.task:4} {'caught by ' + caught if caught else 'NOT CAUGHT':62.62} "
+                  f"{m.what}")
+            if not caught:
+                problems.append(f"mutant {m.task} '{m.what}' passes all {ran} tests of task "
+                                f"{m.task}")
+    return problems
 
 
 def main() -> int:
@@ -102,26 +340,34 @@ def main() -> int:
     for test, starter, reference in labs:
         problems += signature_problems(test.parent / starter, reference)
 
-    plugin = TaskOutcomes()
-    pytest.main([str(LABS), "-p", "no:terminal", "-p", "no:cacheprovider", "-o",
-                 "addopts="], plugins=[plugin])
+    plugin = run_pytest([str(LABS), "--integration"])
     if not plugin.outcomes:
         problems.append("no lab test ran against the starter files")
-    print(f"\n{'task':10} {'failed':>7} {'passed':>7}  against the starter files")
-    for task in sorted(plugin.outcomes, key=lambda t: [int(x) if x.isdigit() else x
-                                                       for x in t[4:].split("_")]):
+    print(f"\n{'task':12} {'failed':>7} {'passed':>7}  against the starter files")
+    for task in sorted(plugin.outcomes, key=lambda t: (0, [int(x) for x in t[4:].split("_")])
+                       if t.startswith("task") else (1, t)):
         counts = plugin.outcomes[task]
         failed = counts["failed"]
         passed = counts["passed"] + counts["skipped"]
-        print(f"{task:10} {failed:7d} {passed:7d}")
+        print(f"{task:12} {failed:7d} {passed:7d}")
         if task == "(no task marker)":
             problems.append(f"{failed + passed} lab tests carry no task marker")
         elif passed or not failed:
             problems.append(f"{task}: {passed} test(s) pass (or skip) on the untouched starter")
+
+    print("\nmutants of the reference, each graded by its own task's tests:")
+    with tempfile.TemporaryDirectory() as tmp:
+        for test, _, reference in labs:
+            folder = test.parent.name
+            if folder not in MUTANTS:
+                problems.append(f"{folder}: no mutants in MUTANTS (every lab needs some)")
+                continue
+            problems += mutant_problems(folder, MUTANTS[folder], test, reference, Path(tmp))
     if problems:
         print("\nthe labs lack teeth:\n  " + "\n  ".join(problems))
         return 1
-    print(f"\nall {len(plugin.outcomes)} tasks fail on the starter files, as they must")
+    print(f"\nall {len(plugin.outcomes)} tasks fail on the starter files and all "
+          f"{sum(len(m) for m in MUTANTS.values())} mutants fail their own task, as they must")
     return 0
 
 

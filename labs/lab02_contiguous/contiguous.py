@@ -136,7 +136,9 @@ class ContiguousAllocator:
 
         In each region: the first `used` slots are TOKEN. If `final_lengths` (request id -> the
         tokens it will hold when it finishes) is given, slots up to that final length are
-        RESERVED and the rest of the region NEVER_USED; without it, the rest is all RESERVED.
-        If `waiting_size` is given, the slots of every hole shorter than it are EXTERNAL.
+        RESERVED and the rest of the region NEVER_USED; without it, or for a request it does not
+        name, the rest is all RESERVED. If `waiting_size` is given, the slots of every hole
+        shorter than it are EXTERNAL: the same holes `external_fragmentation` counts (a hole of
+        exactly `waiting_size` slots fits the request).
         """
         raise NotImplementedError("Task 2.5: draw the memory map")

@@ -40,8 +40,8 @@ class Block:
 class BlockManager:
     """Hands out KV blocks to sequences and takes them back.
 
-    Given: the constructor and the counters. Yours: `can_allocate` and `allocate` (tasks 3.2,
-    3.3) and `free` (task 3.4).
+    Given: the constructor, the counters and `fork`. Yours: `can_allocate` and `allocate`
+    (tasks 3.2, 3.3) and `free` (task 3.4).
     """
 
     def __init__(self, num_blocks: int, block_size: int = 16, enable_prefix_caching: bool = True,
@@ -67,7 +67,8 @@ class BlockManager:
         tokens.
 
         Hint: count the blocks the sequence will need in total (`blocks_for`), subtract the ones
-        its block table already has.
+        its block table already has. `num_new_tokens` may be less than the rest of the prompt (a
+        chunk of it: chunked prefill) or 1 (a decode step).
         """
         raise NotImplementedError("Task 3.2: can the sequence grow?")
 
@@ -85,7 +86,19 @@ class BlockManager:
     def free(self, seq: Sequence) -> None:
         """Give back a sequence's blocks and empty its block table.
 
-        Drop one reference from each block; a block nobody holds any more goes back on the free
-        list. Hint: go through the table from the last block to the first.
+        Drop one reference from each block; a block nobody holds any more goes back at the END of
+        the free list (blocks are taken from the front, so the least recently freed block is
+        reused first). Go through the table from the last block to the first, so a sequence's
+        first blocks are reused last (later chapters keep a freed prompt's blocks for prefix
+        caching). A block that another sequence still holds (after `fork`) stays where it is.
         """
         raise NotImplementedError("Task 3.4: free a sequence's blocks")
+
+    def fork(self, parent: Sequence, child: Sequence) -> None:
+        """Given: `child` shares all of `parent`'s blocks (chapter 8: parallel samples of one
+        prompt). Each shared block gains a reference; it goes back on the free list only once
+        both sequences freed it."""
+        for block_id in parent.block_table:
+            self.blocks[block_id].ref_count += 1
+        child.block_table = list(parent.block_table)
+        child.num_computed_tokens = parent.num_computed_tokens
