@@ -73,3 +73,8 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) site .pytest_cache
+
+# Two replicas of the bundled model behind vLLM's router on :8000 (docs/deploy.md); Ctrl+C stops all.
+.PHONY: cluster
+cluster: $(STAMP)
+	$(BIN)/minillm launch --replicas 2 --router-policy cache_aware
