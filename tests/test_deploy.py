@@ -5,7 +5,8 @@
 * KServe's ServingRuntime, InferenceService and LLMInferenceService: the KServe SDK's models
   (deploy/schemas/kserve-0.21.0.json, generated from the kserve wheel), with Kubernetes' schemas
   for the Kubernetes types inside them (containers, probes, resources, ...).
-* PodMonitor: the prometheus-operator CRD's models (cloudcoil-models-prometheus-operator).
+* KEDA's ScaledObject and prometheus-operator's PodMonitor: models generated from their CRDs
+  (cloudcoil-models-keda, cloudcoil-models-prometheus-operator).
 * Argo CD's Application and the LLMInferenceService spec: hand-written schemas, clearly labelled
   (no package ships theirs); Kubernetes types inside them still against Kubernetes' schemas.
 
@@ -32,6 +33,7 @@ import kubernetes_validate
 import pydantic
 import pytest
 import yaml
+from cloudcoil.models.keda import v1alpha1 as keda
 from cloudcoil.models.prometheus_operator import v1 as prometheus_operator
 from jsonschema import Draft202012Validator
 from kubernetes_validate.utils import latest_version, schema_contents
@@ -191,7 +193,8 @@ KSERVE_KINDS = {("serving.kserve.io/v1alpha1", "ServingRuntime"): "V1alpha1Servi
                 ("serving.kserve.io/v1beta1", "InferenceService"): "V1beta1InferenceService",
                 ("serving.kserve.io/v1alpha1", "LLMInferenceService"):
                     "V1alpha1LLMInferenceService"}
-PYDANTIC_KINDS = {("monitoring.coreos.com/v1", "PodMonitor"): prometheus_operator.PodMonitor,
+PYDANTIC_KINDS = {("keda.sh/v1alpha1", "ScaledObject"): keda.ScaledObject,
+                  ("monitoring.coreos.com/v1", "PodMonitor"): prometheus_operator.PodMonitor,
                   ("monitoring.coreos.com/v1", "ServiceMonitor"):
                       prometheus_operator.ServiceMonitor}
 
@@ -351,6 +354,19 @@ def test_prod_runs_the_cuda_image_on_a_gpu_with_the_scaling_the_plan_gives():
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     hpa_isvc = next(d for d in docs if d["metadata"]["name"] == "minillm-tiny")
     assert hpa_isvc["spec"]["predictor"]["maxReplicas"] == 8
+
+
+def test_each_scaled_object_scales_an_inference_service_kserve_leaves_alone():
+    scaled = [d for d in ALL_DOCS if d["kind"] == "ScaledObject"]
+    assert scaled
+    for so in scaled:
+        name = so["spec"]["scaleTargetRef"]["name"].removesuffix("-predictor")
+        isvc = next(d for d in ALL_DOCS if d["kind"] == "InferenceService"
+                    and d["metadata"]["name"] == name)
+        assert isvc["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "external"
+        predictor = isvc["spec"]["predictor"]
+        assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (
+            predictor["minReplicas"], predictor["maxReplicas"])
 
 
 def test_the_argocd_application_points_at_an_overlay_that_exists():
