@@ -1,8 +1,11 @@
 """The built docs site (`site/`, from `mkdocs build --strict`) in headless Chromium.
 
 Serves `site/` on 127.0.0.1, loads the home page, every chapter and the other pages, and fails on
-any SEVERE console message (a failed request included: the site must work offline) and on a
-chapter whose plots do not show. Screenshots go to a temporary folder (printed), or to
+any SEVERE console message (a failed request included: the site must work offline), on a
+chapter whose plots do not show, on `# NBVAL_*` markers a reader would see, on a chapter
+without its notebook download link, on code or a result table cut off at a 1280-pixel window,
+and on chapters and labs that do not link to each other. It also checks, without a browser,
+that no committed notebook output shows a path of the machine that ran it. Screenshots go to a temporary folder (printed), or to
 `$MINILLM_SCREENSHOTS` when set.
 
 Needs Debian's `chromium` and `chromium-driver` and the `selenium` package (`make docs` builds the
@@ -11,8 +14,10 @@ site first; `.ci/run` installs Chromium).
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
+import sys
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -96,6 +101,51 @@ def load(browser, url: str, screenshots: Path, name: str):
     return [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
 
 
+def test_committed_outputs_hold_no_machine_paths():
+    sys.path.insert(0, str(SITE.parent / "tools"))
+    from clean_notebooks import machine_paths
+
+    for path in sorted((SITE.parent / "chapters").glob("*.ipynb")):
+        found = machine_paths(json.loads(path.read_text(encoding="utf-8")))
+        assert not found, f"{path.name}: outputs show machine paths {found}: re-run " \
+                          "tools/clean_notebooks.py on it"
+
+
+def cut_off(browser) -> list[str]:
+    """Code blocks and tables of the page's content wider than their box (cut off or hidden
+    behind a scroll bar)."""
+    return browser.execute_script("""
+        const out = [];
+        for (const el of document.querySelectorAll('.md-content pre, .md-content table')) {
+            if (el.offsetParent === null) continue;  // not displayed
+            if (el.scrollWidth > el.clientWidth + 2)
+                out.push(el.tagName + ': ' + el.innerText.split('\\n')[0].slice(0, 60)
+                         + ' (' + el.scrollWidth + ' > ' + el.clientWidth + ' px)');
+        }
+        return out;""")
+
+
+def test_home_page_has_the_roadmap():
+    html = (SITE / "index.html").read_text(encoding="utf-8")
+    assert 'class="minillm-roadmap"' in html and html.count("<rect") >= 11, "no roadmap figure"
+    for chapter in chapter_pages():
+        assert f'href="{chapter}"' in html, f"the roadmap does not link {chapter}"
+
+
+def test_chapters_and_labs_link_both_ways():
+    pairs = 0
+    for lab in sorted(SITE.glob("labs/lab*/index.html")):
+        name = lab.parent.name
+        lab_html = lab.read_text(encoding="utf-8")
+        for chapter in chapter_pages():
+            chapter_html = (SITE / chapter / "index.html").read_text(encoding="utf-8")
+            if f'href="../../labs/{name}/"' in chapter_html:
+                assert f'href="../../{chapter}"' in lab_html, \
+                    f"{chapter} points to {name}, which does not link back"
+                pairs += 1
+    assert pairs >= 4, f"only {pairs} chapter-lab pairs link to each other"
+
+
 def test_site_has_the_chapters():
     assert (SITE / "index.html").exists() or pytest.fail("site/ is not built")
     assert len(chapter_pages()) >= 5, chapter_pages()
@@ -106,6 +156,8 @@ def test_page_loads_without_console_errors(browser, site_url, screenshots, page)
     errors = load(browser, site_url + page, screenshots, page.strip("/").replace("/", "_"))
     assert not errors, f"{page or 'home'}: console errors {errors}"
     assert browser.find_element("css selector", "h1").text.strip()
+    if page.startswith("labs/"):
+        assert not cut_off(browser), f"{page}: cut off at 1280 px: {cut_off(browser)}"
 
 
 @pytest.mark.parametrize("page", chapter_pages() if SITE.exists() else [])
@@ -127,3 +179,10 @@ def test_chapter_renders_with_visible_plots(browser, site_url, screenshots, page
     assert any(visible), f"{page}: no plot image is visible"
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", images[0])
     browser.save_screenshot(str(screenshots / f"{page.strip('/').replace('/', '_')}_plot.png"))
+    text = browser.find_element("tag name", "body").text
+    assert "NBVAL_" not in text, f"{page}: a reader sees the notebook tests' NBVAL markers"
+    links = browser.find_elements("css selector", ".minillm-download a[download]")
+    assert links, f"{page}: no link to download the notebook"
+    href = links[0].get_attribute("href").removeprefix(site_url)
+    assert (SITE / href).is_file(), f"{page}: the download link {href} leads nowhere"
+    assert not cut_off(browser), f"{page}: cut off at 1280 px: {cut_off(browser)}"

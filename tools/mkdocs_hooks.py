@@ -11,7 +11,15 @@ site without touching mkdocs.yml. It also:
 - removes the MathJax `<script>` that nbconvert's template loads from a CDN: the site must work
   offline, and the notebooks write their formulas as code;
 - replaces the text repr of a widget (saved without state, as the course's conventions want)
-  with a note saying to open the chapter in JupyterLab.
+  with a note saying to open the chapter in JupyterLab;
+- hides the `# NBVAL_*` markers (for the notebook tests, not for readers) from the code cells,
+  and puts a "download this notebook" link on each chapter (mkdocs-jupyter's `include_source`
+  copies the notebook beside the page);
+- turns the links between chapters and labs, written to work on GitHub and in JupyterLab
+  (`../labs/lab03_paged_blocks/README.md`, `../../chapters/04_paging.ipynb`), into site links;
+- draws the course roadmap on the home page (`<!-- roadmap -->`) from the chapters and labs that
+  exist, so it marks what is written;
+- widens the content column so that result tables and code of up to 100 columns are not cut off.
 """
 from __future__ import annotations
 
@@ -90,6 +98,79 @@ _WIDGET_NOTE = ('<div class="admonition note"><p class="admonition-title">Intera
                 "same function's results.</p></div>")
 
 
+# The outline of COURSEWARE.md: every chapter the course will have, written or not.
+ROADMAP = ("Setup", "The production challenge", "The KV cache", "Fragmentation", "Paging",
+           "Batching", "PagedAttention, the kernel", "The engine", "Sharing and preemption",
+           "Serving over HTTP", "Deploying at scale")
+# Widen material's grid: 100-column code and the replay tables fit beside both sidebars.
+_STYLE = ("<style>.md-grid{max-width:90rem}.md-typeset pre>code,"
+          ".jupyter-wrapper .jp-OutputArea-output pre{font-size:.72rem}</style>")
+_NBVAL_MARKER = re.compile(r'<span class="c1">#\s*NBVAL_[A-Z_]+</span>\n|'
+                           r'(?<=id="cell-\d">)#\s*NBVAL_[A-Z_]+\n|'
+                           r'(?<=id="cell-\d\d">)#\s*NBVAL_[A-Z_]+\n')
+_LAB_README_LINK = re.compile(r'href="\.\./labs/(lab[\w-]+)/README\.md"')
+_CHAPTER_LINK = re.compile(r"\]\(\.\./\.\./chapters/(\d\d_\w+\.ipynb)\)")
+
+
+def lab_of_chapter() -> dict[str, str]:
+    """Chapter notebook name -> the lab whose README links to it first (its own chapter)."""
+    labs = {}
+    for readme in lab_readmes():
+        found = _CHAPTER_LINK.search(readme.read_text(encoding="utf-8"))
+        if found:
+            labs.setdefault(found.group(1), readme.parent.name)
+    return labs
+
+
+def roadmap_svg() -> str:
+    """The course as a row of boxes, one per chapter: written ones solid and linked, with their
+    lab; the rest dashed, "to come"."""
+    written = {int(p.stem[:2]): p for p in chapter_files()}
+    labs = lab_of_chapter()
+    boxes, width, gap = [], 122, 8
+    for i, title in enumerate(ROADMAP):
+        x, y = (i % 6) * (width + gap), (i // 6) * 92
+        path = written.get(i)
+        lab = labs.get(path.name) if path else None
+        caption = f"lab {int(lab[3:5])}" if lab else "" if path else "to come"
+        style = ('fill="#e8eaf6" stroke="#3f51b5"' if path
+                 else 'fill="#fafafa" stroke="#9e9e9e" stroke-dasharray="4 3"')
+        words = title.split()
+        lines = [" ".join(words[:2]), " ".join(words[2:])] if len(title) > 16 else [title]
+        text = "".join(f'<tspan x="{x + width / 2}" dy="{15 if j else 0}">{line}</tspan>'
+                       for j, line in enumerate(lines))
+        box = (f'<rect x="{x}" y="{y}" width="{width}" height="80" rx="8" {style}/>'
+               f'<text x="{x + width / 2}" y="{y + 20}" text-anchor="middle" font-weight="bold" '
+               f'font-size="13">Chapter {i}</text>'
+               f'<text x="{x + width / 2}" y="{y + 40}" text-anchor="middle" font-size="12">'
+               f'{text}</text>'
+               f'<text x="{x + width / 2}" y="{y + 72}" text-anchor="middle" font-size="11" '
+               f'fill="#555">{caption}</text>')
+        boxes.append(f'<a href="chapters/{path.stem}/">{box}</a>' if path else box)
+    height = 92 * ((len(ROADMAP) + 5) // 6)
+    return (f'<figure class="minillm-roadmap"><svg viewBox="-2 -2 {6 * (width + gap)} {height}" '
+            f'role="img" aria-label="The course roadmap" xmlns="http://www.w3.org/2000/svg" '
+            f'font-family="sans-serif">{"".join(boxes)}</svg><figcaption>The course: solid '
+            f'chapters are written (click one), dashed ones are to come.</figcaption></figure>')
+
+
+def on_page_markdown(markdown, page, config, files):
+    if page.file.src_uri.startswith("labs/"):  # a lab README: its chapter links, site-relative
+        markdown = _CHAPTER_LINK.sub(r"](../chapters/\1)", markdown)
+    if page.file.src_uri == "index.md":
+        markdown = markdown.replace("<!-- roadmap -->", roadmap_svg())
+    return markdown
+
+
 def on_page_content(html, page, config, files):
     html = _CDN_SCRIPT.sub("", html)
-    return _WIDGET_REPR.sub(_WIDGET_NOTE, html)
+    html = _WIDGET_REPR.sub(_WIDGET_NOTE, html)
+    if page.file.src_uri.endswith(".ipynb"):
+        html = _NBVAL_MARKER.sub("", html)
+        html = _LAB_README_LINK.sub(r'href="../../labs/\1/"', html)
+        name = Path(page.file.src_uri).name
+        link = (f'<p class="minillm-download"><a href="{name}" download>Download this '
+                f"notebook</a> to run it yourself (<code>make lab</code> opens it in "
+                f"JupyterLab).</p>")
+        html = html.replace("</h1>", "</h1>" + link, 1) if "</h1>" in html else link + html
+    return _STYLE + html
