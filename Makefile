@@ -71,6 +71,11 @@ docs-serve: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/minillm bench throughput
 
+# minillm vs transformers, CTranslate2 and llama.cpp on the CPU (hours; peers' venvs in ~/.cache/minillm/peers)
+.PHONY: bench-peers
+bench-peers: $(STAMP)
+	$(BIN)/minillm bench peers --output-json bench-peers.json
+
 clean:
 	rm -rf $(VENV) site .pytest_cache
 

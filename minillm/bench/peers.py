@@ -51,7 +51,7 @@ SHAPES = {
         intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
         num_key_value_heads=2, max_position_embeddings=32768, rms_norm_eps=1e-6,
         rope_theta=1000000.0, tie_word_embeddings=True, vocab_size=151936, hidden_act="silu",
-        use_sliding_window=False, sliding_window=32768, max_window_layers=24),
+        use_sliding_window=False, max_window_layers=24),
     "llama-3.2-1b": dict(
         architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=2048,
         intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
