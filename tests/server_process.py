@@ -28,7 +28,8 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, model: Path, *args: str, startup_timeout: float = 90):
+    def __init__(self, model: Path, *args: str, startup_timeout: float = 90,
+                 env: dict[str, str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(tempfile.mkdtemp()) / "server.log"
@@ -36,7 +37,8 @@ class ServerProcess:
                    "--model", str(model), "--host", "127.0.0.1", "--port", str(self.port), *args]
         with open(self.log_path, "w") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                                            env={**os.environ, "OMP_NUM_THREADS": "1",
+                                                 **(env or {})})
         self._wait_healthy(startup_timeout)
 
     def _wait_healthy(self, timeout: float) -> None:
@@ -77,6 +79,12 @@ class ServerProcess:
             if idle or time.monotonic() > deadline:
                 return m
             time.sleep(0.05)
+
+    def rss_mib(self) -> float:
+        """The server's resident memory, from /proc (Linux)."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines()
+                        if line.startswith("VmRSS:"))) / 1024
 
     def terminate(self) -> None:
         self.process.send_signal(signal.SIGTERM)

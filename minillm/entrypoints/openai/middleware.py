@@ -24,6 +24,7 @@ from minillm.entrypoints.openai.errors import error_response
 logger = logging.getLogger("minillm.server")
 
 REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")  # printable ASCII: safe in headers and logs
+CLOSE = {"Connection": "close"}  # answered before the body was read: the connection is spent
 
 
 class RequestIdMiddleware:
@@ -94,7 +95,7 @@ class ApiKeyMiddleware:
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not secrets.compare_digest(given, self.expected):
                 response = error_response(401, "missing or wrong API key: send "
-                                               "`Authorization: Bearer <key>`")
+                                               "`Authorization: Bearer <key>`", headers=CLOSE)
                 return await response(scope, receive, send)
         await self.app(scope, receive, send)
 
@@ -136,7 +137,7 @@ class BodyLimitMiddleware:
 
     async def _refuse(self, scope, receive, send):
         response = error_response(413, f"the request body is larger than {self.max_bytes} "
-                                       f"bytes (--max-request-body-bytes)")
+                                       f"bytes (--max-request-body-bytes)", headers=CLOSE)
         await response(scope, receive, send)
 
 
