@@ -26,6 +26,10 @@ stage 2 is not launched (one launch fewer per layer, which matters for small bat
 
 Grid of stage 1: `(num_seqs, num_kv_heads * slices_per_kv_head, num_splits)`.
 Grid of stage 2: `(num_seqs, num_heads)`.
+
+The kernels are assembled from small jit functions in `attention_parts.py`: `load_kv_tile`
+(block-table addressing), `gqa_tile_heads` (GQA packing), `online_softmax_update` and
+`merge_partial` (the split merge). Lab 5 has a learner write each of them.
 """
 from __future__ import annotations
 
@@ -35,8 +39,9 @@ import torch
 import triton
 import triton.language as tl
 
+from minillm_kernels.attention_parts import (gqa_tile_heads, load_kv_tile, merge_partial,
+                                             online_softmax_update)
 from minillm_kernels.common import aligned, check_aligned, dot_precision
-from minillm_kernels.paged_kv import load_kv_tile
 
 # Query rows of one stage-1 program: the padded GQA group (tl.dot needs M >= 16).
 GROUP_ROWS = 16
@@ -76,10 +81,6 @@ def paged_decode_split_kernel(
     slice_id = tl.program_id(1)
     split = tl.program_id(2)
 
-    slices_per_kv_head = tl.cdiv(group_size, GROUP_ROWS)
-    kv_head = slice_id // slices_per_kv_head
-    first_in_group = (slice_id % slices_per_kv_head) * GROUP_ROWS
-
     seq_len = tl.load(seq_lens_ptr + seq)
     start = split * partition_size
     if start >= seq_len:
@@ -87,9 +88,7 @@ def paged_decode_split_kernel(
     end = tl.minimum(start + partition_size, seq_len)
 
     # Rows of the tile = query heads of this GQA group; rows past the group are padding.
-    rows = tl.arange(0, GROUP_ROWS)
-    row_in_group = first_in_group + rows < group_size
-    heads = kv_head * group_size + first_in_group + rows
+    kv_head, heads, row_in_group = gqa_tile_heads(slice_id, group_size, GROUP_ROWS)
     dims = tl.arange(0, HEAD_DIM)
     q_offsets = seq.to(tl.int64) * stride_q_tok + heads[:, None] * stride_q_head + dims[None, :]
     q = tl.load(q_ptr + q_offsets, mask=row_in_group[:, None], other=0.0)
@@ -110,14 +109,8 @@ def paged_decode_split_kernel(
 
         scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2e
         scores = tl.where(in_range[None, :], scores, float("-inf"))
-        # The first tile of a partition always holds a real token, so m_new is finite from then
-        # on and exp2(-inf - m_new) = 0 cleanly for masked positions.
-        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-        alpha = tl.exp2(m_i - m_new)                   # rescales what was summed so far
-        p = tl.exp2(scores - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
+        # The first tile of a partition always holds a real token: each row's max is finite.
+        m_i, l_i, acc = online_softmax_update(m_i, l_i, acc, scores, v, DOT_PRECISION)
 
     out = acc / l_i[:, None]
     if num_splits == 1:
@@ -159,12 +152,7 @@ def merge_splits_kernel(
     for p in range(0, num_parts):
         lse = tl.load(part_lse_ptr + first + p)
         part_out = tl.load(part_out_ptr + (first + p) * HEAD_DIM + dims)
-        new_max = tl.maximum(lse_max, lse)
-        rescale = tl.exp2(lse_max - new_max)
-        weight = tl.exp2(lse - new_max)
-        weight_sum = weight_sum * rescale + weight
-        acc = acc * rescale + weight * part_out
-        lse_max = new_max
+        lse_max, weight_sum, acc = merge_partial(lse_max, weight_sum, acc, lse, part_out)
 
     out_offsets = seq.to(tl.int64) * stride_o_tok + head * stride_o_head + dims
     tl.store(out_ptr + out_offsets, (acc / weight_sum).to(out_ptr.dtype.element_ty))

@@ -28,8 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
+from minillm_kernels.attention_parts import load_kv_tile, online_softmax_update
 from minillm_kernels.common import aligned, check_aligned, dot_precision
-from minillm_kernels.paged_kv import load_kv_tile
 
 
 # Arguments whose value or alignment varies from launch to launch are not specialised on, so one
@@ -92,14 +92,9 @@ def paged_prefill_kernel(
         scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2e
         visible = (pos[None, :] <= q_pos[:, None]) & in_range[None, :]
         scores = tl.where(visible, scores, float("-inf"))
-        # Position 0 is visible to every row, so after the first tile each row's max is finite
-        # and exp2(-inf - m_new) = 0 cleanly for masked keys (padding rows included).
-        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(scores - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
+        # Position 0 is visible to every row (padding rows included), so each row's max is
+        # finite after the first tile.
+        m_i, l_i, acc = online_softmax_update(m_i, l_i, acc, scores, v, DOT_PRECISION)
 
     out = acc / l_i[:, None]
     tl.store(out_ptr + tokens[:, None] * stride_o_tok + head * stride_o_head + dims[None, :],
