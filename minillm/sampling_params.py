@@ -6,7 +6,6 @@ the sampler, and the error names the field and the range it accepts.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from enum import Enum
 
@@ -16,6 +15,7 @@ import numpy as np
 # would overflow; vLLM uses the same threshold.
 GREEDY_EPS = 1e-5
 INT64_MAX = 2**63 - 1
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 # Stop strings are matched against every new piece of text of every step: bounded, so that one
 # request cannot make the step slow for all the others.
 MAX_STOP_STRINGS, MAX_STOP_STRING_CHARS = 64, 4096
@@ -96,7 +96,7 @@ class SamplingParams:
                      "repetition_penalty"):
             value = getattr(self, name)
             # The sampler computes in float32: a value finite in Python may not be there.
-            _check(math.isfinite(np.float32(value)), name, value, "a finite number")
+            _check(abs(value) <= FLOAT32_MAX, name, value, "a finite number (in float32)")
         _check(self.n >= 1, "n", self.n, "at least 1")
         _check(self.temperature >= 0, "temperature", self.temperature, "at least 0")
         _check(0 < self.top_p <= 1, "top_p", self.top_p, "in (0, 1]")

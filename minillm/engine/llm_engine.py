@@ -104,9 +104,6 @@ class LLMEngine:
         params = params or SamplingParams()
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
-        if params.n > self.config.max_num_seqs:
-            raise ValueError(f"n={params.n} samples cannot run at once with max_num_seqs="
-                             f"{self.config.max_num_seqs}")
         text, ids = self._tokenize(prompt)
         self._validate(ids)
         metrics = RequestMetrics(arrival_time or time.monotonic())

@@ -99,10 +99,6 @@ class Scheduler:
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running or self.swapped)
 
-    @property
-    def num_seats_taken(self) -> int:
-        return sum(seq.num_seats for seq in self.running)
-
     # -- schedule ------------------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
@@ -160,8 +156,7 @@ class Scheduler:
 
     def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
         for seq in sorted(self.waiting, key=self.order):
-            seats_left = self.config.max_num_seqs - self.num_seats_taken
-            if budget == 0 or seq.num_seats > seats_left or self.swapped:
+            if budget == 0 or len(self.running) >= self.config.max_num_seqs or self.swapped:
                 break
             self.block_manager.reuse_cached_prefix(seq)
             num_new = min(seq.num_uncomputed_tokens, budget)
@@ -198,12 +193,16 @@ class Scheduler:
         self.stats.generation_tokens += len(token_ids)
 
     def _fork(self, parent: Sequence) -> None:
-        """The prompt is computed: the waiting samples share its blocks and run from now on
-        (their seats were taken when the parent was admitted)."""
+        """The prompt is computed: the other samples share its blocks and run from the next step
+        on, as many as `max_num_seqs` lets run; the rest wait, like sequences preempted by
+        recompute (their prompt's full blocks are found again in the prefix cache)."""
         for child in parent.forks:
-            self.block_manager.fork(parent, child)
-            child.status = SequenceStatus.RUNNING
-            self.running.append(child)
+            if len(self.running) < self.config.max_num_seqs:
+                self.block_manager.fork(parent, child)
+                child.status = SequenceStatus.RUNNING
+                self.running.append(child)
+            else:
+                self.add(child)
         parent.forks = []
 
     def finish(self, seq: Sequence, reason: str) -> None:

@@ -63,11 +63,6 @@ class Sequence:
     def num_uncomputed_tokens(self) -> int:
         return self.num_tokens - self.num_computed_tokens
 
-    @property
-    def num_seats(self) -> int:
-        """Places it takes among `max_num_seqs`: its own and those of its samples to come."""
-        return 1 + len(self.forks)
-
     def block_tokens(self, i: int) -> list[int]:
         """The tokens that logical block `i` holds."""
         return self.token_ids[i * self.block_size:(i + 1) * self.block_size]
