@@ -19,7 +19,7 @@ site without touching mkdocs.yml. It also:
   (`../labs/lab03_paged_blocks/README.md`, `../../chapters/04_paging.ipynb`), into site links;
 - draws the course roadmap on the home page (`<!-- roadmap -->`) from the chapters and labs that
   exist, so it marks what is written;
-- widens the content column so that result tables and code of up to 100 columns are not cut off.
+- gives a chapter's code and result tables room, so that 100 columns are not cut off.
 """
 from __future__ import annotations
 
@@ -102,9 +102,16 @@ _WIDGET_NOTE = ('<div class="admonition note"><p class="admonition-title">Intera
 ROADMAP = ("Setup", "The production challenge", "The KV cache", "Fragmentation", "Paging",
            "Batching", "PagedAttention, the kernel", "The engine", "Sharing and preemption",
            "Serving over HTTP", "Deploying at scale")
-# Widen material's grid: 100-column code and the replay tables fit beside both sidebars.
-_STYLE = ("<style>.md-grid{max-width:90rem}.md-typeset pre>code,"
-          ".jupyter-wrapper .jp-OutputArea-output pre{font-size:.72rem}</style>")
+# On a chapter, code of up to 100 columns and the replay tables fit at 1280 pixels: the table of
+# contents sidebar gives its room to the notebook (its sections are the chapter's headings), and
+# code cells drop their "In [1]:" prompts and take the whole width, in a slightly smaller font.
+_NOTEBOOK_STYLE = (
+    "<style>.md-sidebar--secondary{display:none!important}"
+    ".jupyter-wrapper .jp-InputPrompt,.jupyter-wrapper .jp-OutputPrompt{display:none!important}"
+    ".jupyter-wrapper .jp-InputArea-editor,.jupyter-wrapper .jp-OutputArea-output"
+    "{width:100%!important;max-width:100%!important;flex:1 1 auto!important}"
+    ".jupyter-wrapper .highlight-ipynb pre,.jupyter-wrapper .jp-OutputArea-output pre"
+    "{font-size:.62rem!important}</style>")
 _NBVAL_MARKER = re.compile(r'<span class="c1">#\s*NBVAL_[A-Z_]+</span>\n|'
                            r'(?<=id="cell-\d">)#\s*NBVAL_[A-Z_]+\n|'
                            r'(?<=id="cell-\d\d">)#\s*NBVAL_[A-Z_]+\n')
@@ -148,7 +155,7 @@ def roadmap_svg() -> str:
                f'fill="#555">{caption}</text>')
         boxes.append(f'<a href="chapters/{path.stem}/">{box}</a>' if path else box)
     height = 92 * ((len(ROADMAP) + 5) // 6)
-    return (f'<figure class="minillm-roadmap"><svg viewBox="-2 -2 {6 * (width + gap)} {height}" '
+    return (f'<figure class="minillm-roadmap"><svg width="100%" viewBox="-2 -2 {6 * (width + gap)} {height}" '
             f'role="img" aria-label="The course roadmap" xmlns="http://www.w3.org/2000/svg" '
             f'font-family="sans-serif">{"".join(boxes)}</svg><figcaption>The course: solid '
             f'chapters are written (click one), dashed ones are to come.</figcaption></figure>')
@@ -173,4 +180,5 @@ def on_page_content(html, page, config, files):
                 f"notebook</a> to run it yourself (<code>make lab</code> opens it in "
                 f"JupyterLab).</p>")
         html = html.replace("</h1>", "</h1>" + link, 1) if "</h1>" in html else link + html
-    return _STYLE + html
+        html = _NOTEBOOK_STYLE + html
+    return html
