@@ -108,7 +108,16 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    return (f"{cpu} ({simd_extensions()}), {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}")
+
+
+def simd_extensions() -> str:
+    """The vector extensions that decide which kernels a CPU runs (bf16 needs AVX-512 or AMX)."""
+    from minillm.attention.cpu_backend import cpu_isa
+    flags = set(cpu_isa().split())
+    known = ["avx2", "avx512f", "avx512_bf16", "amx_bf16", "neon", "asimd"]
+    return " ".join(f for f in known if f in flags) or "no AVX2/AVX-512/NEON reported"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,6 +8,7 @@ One step of continuous batching is a pipeline in which each object owns its stat
 """
 from __future__ import annotations
 
+import logging
 import time
 
 import torch
@@ -27,6 +28,7 @@ from minillm.outputs import RequestMetrics, RequestOutput
 from minillm.sampling_params import SamplingParams
 
 CPU_KV_CACHE_BYTES = 1 << 30
+logger = logging.getLogger("minillm")
 
 
 class LLMEngine:
@@ -77,7 +79,14 @@ class LLMEngine:
             raise ValueError(f"{num_blocks} KV blocks of {cfg.block_size} tokens cannot hold one "
                              f"sequence of max_model_len={self.max_model_len} tokens: give the "
                              f"KV cache more memory or lower max_model_len")
-        return num_blocks, int(cfg.swap_space * (1 << 30)) // self.block_bytes
+        # The CPU pool for swapped-out sequences exists only when preemption swaps, and is never
+        # larger than what the running sequences could hand it.
+        swap_blocks = int(cfg.swap_space * (1 << 30)) // self.block_bytes
+        num_cpu_blocks = min(swap_blocks, num_blocks) if cfg.preemption_mode == "swap" else 0
+        logger.info("KV cache: %d blocks of %d tokens (%.1f MiB), %d CPU blocks for swapping",
+                    num_blocks, cfg.block_size, num_blocks * self.block_bytes / 2**20,
+                    num_cpu_blocks)
+        return num_blocks, num_cpu_blocks
 
     def _kv_budget(self) -> int:
         """On GPU: `gpu_memory_utilization` of the card minus what is already used (weights);
