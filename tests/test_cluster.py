@@ -126,6 +126,23 @@ def test_cache_aware_routing_raises_the_prefix_cache_hit_rate(replicas, tmp_path
     assert rates["cache_aware"] > rates["round_robin"] + 0.15, rates
 
 
+def test_the_router_reads_each_replicas_load_and_settings(replicas, tmp_path):
+    """What power_of_two and kv_aware ask a worker: the router's /get_loads reads each
+    replica's /get_load (-1 when a worker does not answer it)."""
+    process = router(replicas, "power_of_two", tmp_path)
+    try:
+        loads = httpx.get(f"{process.url}/get_loads", timeout=10).json()["workers"]
+    finally:
+        stop([process], timeout=5)
+    assert sorted(w["worker"] for w in loads) == sorted(r.url for r in replicas), loads
+    assert all(w["load"] == 0 for w in loads), loads  # idle replicas, answered
+    for r in replicas:
+        info = httpx.get(f"{r.url}/get_server_info", timeout=5).json()
+        assert (info["block_size"], info["num_gpu_blocks"], info["max_model_len"]) == (16, 80, 512)
+        assert httpx.get(f"{r.url}/load", timeout=5).json() == {"server_load": 0}
+        assert httpx.get(f"{r.url}/get_model_info", timeout=5).json()["is_generation"] is True
+
+
 def test_a_replica_killed_mid_run_costs_no_request(replicas, tmp_path):
     process = router(replicas, "cache_aware", tmp_path)
     victim, survivor = replicas
