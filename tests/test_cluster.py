@@ -25,6 +25,8 @@ import pytest
 
 from minillm.entrypoints.launch import free_port, start_replica, start_router, stop, wait_healthy
 
+pytestmark = pytest.mark.timeout(600)  # whatever hangs, the suite goes on
+
 NUM_SYSTEM_PROMPTS, NUM_USERS = 8, 16
 CONCURRENCY = 4
 REQUEST_DEADLINE = 30.0  # seconds: a request that takes longer counts as hung
@@ -33,8 +35,6 @@ REQUEST_DEADLINE = 30.0  # seconds: a request that takes longer counts as hung
 REPLICA_FLAGS = ["--served-model-name", "minillm", "--num-gpu-blocks-override", "80",
                  "--max-model-len", "512", "--max-num-seqs", "8", "--disable-log-requests",
                  "--uvicorn-log-level", "warning"]
-pytestmark = pytest.mark.timeout(600)  # whatever hangs, the suite goes on
-
 ROUTER_FLAGS = ["--health-check-interval-secs", "1", "--health-failure-threshold", "1",
                 "--retry-initial-backoff-ms", "20", "--retry-max-backoff-ms", "200",
                 "--worker-startup-check-interval", "1", "--log-level", "warning"]
