@@ -9,21 +9,31 @@
 * A replica that dies mid-run costs no request: the router retries on the other one, and no
   request hangs (every request has a deadline).
 
-The replicas start once; each phase uses its own system prompts, so what one phase cached cannot
-help the next, and hit rates are differences of the counters over a phase.
+The replicas start once, as `minillm launch --replicas 2` starts them, and the last test stops
+them as an operator does: SIGTERM to the launcher, after which no process may be left. Each
+phase uses its own system prompts, so what one phase cached cannot help the next, and hit rates
+are differences of the counters over a phase.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import random
+import shlex
 import signal
+import socket
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from minillm.entrypoints.launch import free_port, start_replica, start_router, stop, wait_healthy
+from minillm.entrypoints.launch import Process, free_port, start_router, stop, wait_healthy
 
 pytestmark = pytest.mark.timeout(600)  # whatever hangs, the suite goes on
 
@@ -32,24 +42,80 @@ CONCURRENCY = 4
 REQUEST_DEADLINE = 30.0  # seconds: a request that takes longer counts as hung
 # A system prompt is ~220 tokens: 13 full blocks of 16. 80 blocks hold 4 or 5 of them beside the
 # running requests, so one replica holds half of the 8 prompts, not all of them.
-REPLICA_FLAGS = ["--served-model-name", "minillm", "--num-gpu-blocks-override", "80",
-                 "--max-model-len", "512", "--max-num-seqs", "8", "--disable-log-requests",
-                 "--uvicorn-log-level", "warning"]
+ENGINE_FLAGS = ["--num-gpu-blocks-override", "80", "--max-model-len", "512", "--max-num-seqs", "8"]
 ROUTER_FLAGS = ["--health-check-interval-secs", "1", "--health-failure-threshold", "1",
                 "--retry-initial-backoff-ms", "20", "--retry-max-backoff-ms", "200",
                 "--worker-startup-check-interval", "1", "--log-level", "warning"]
 
 
+@dataclass
+class Replica:
+    url: str
+    pid: int
+
+    @property
+    def alive(self) -> bool:
+        try:  # a killed child stays a zombie ("Z") until minillm launch reaps it
+            return Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+
+def child_pids(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def pid_serving(parent: int, port: int) -> int:
+    """The child of `parent` started with `--port PORT`."""
+    for pid in child_pids(parent):
+        if f"\0--port\0{port}\0" in Path(f"/proc/{pid}/cmdline").read_text():
+            return pid
+    raise LookupError(f"no child of {parent} serves port {port}")
+
+
+def two_free_ports() -> int:
+    """A port whose next port is free too (minillm launch numbers its replicas so)."""
+    while True:
+        first = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", first + 1))
+                return first
+            except OSError:
+                continue
+
+
 @pytest.fixture(scope="module")
-def replicas(tmp_path_factory):
-    logs = tmp_path_factory.mktemp("cluster")
-    started = [start_replica(free_port(), REPLICA_FLAGS, threads=1,
-                             log=open(logs / f"replica{i}.log", "w")) for i in range(2)]
+def launched(tmp_path_factory):
+    """`minillm launch --replicas 2` in a subprocess (its own router: round_robin); yields the
+    launcher and its replicas. The last test stops it with SIGTERM; if a test failed before,
+    this does, and kills what is left."""
+    port, first = free_port(), two_free_ports()
+    command = [sys.executable, "-m", "minillm.entrypoints.cli", "launch", "--replicas", "2",
+               "--port", str(port), "--replica-port", str(first), "--router-policy",
+               "round_robin", "--threads-per-replica", "1", "--router-args",
+               shlex.join(ROUTER_FLAGS), *ENGINE_FLAGS]
+    log = tmp_path_factory.mktemp("cluster") / "launch.log"
+    launch = subprocess.Popen(command, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     try:
-        wait_healthy(started, timeout=120)
-        yield started
+        wait_healthy([Process("minillm launch", f"http://127.0.0.1:{port}", launch)], 180)
+        yield launch, [Replica(f"http://127.0.0.1:{first + i}", pid_serving(launch.pid, first + i))
+                       for i in range(2)]
     finally:
-        stop(started, timeout=10)
+        if launch.poll() is None:
+            children = child_pids(launch.pid)
+            launch.terminate()
+            try:
+                launch.wait(60)
+            except subprocess.TimeoutExpired:
+                for pid in [launch.pid, *children]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def replicas(launched):
+    return launched[1]
 
 
 def router(replicas, policy: str, tmp_path):
@@ -153,7 +219,7 @@ def test_a_replica_killed_mid_run_costs_no_request(replicas, tmp_path):
     def kill_after_a_few():
         done.append(1)
         if len(done) == 8:
-            victim.popen.send_signal(signal.SIGKILL)
+            os.kill(victim.pid, signal.SIGKILL)
 
     try:
         prompts = workload(seed=7)[:32]
@@ -170,3 +236,13 @@ def test_a_replica_killed_mid_run_costs_no_request(replicas, tmp_path):
     assert not failed, failed[:3]
     assert slowest < REQUEST_DEADLINE
     assert survivor.alive
+
+
+def test_launch_stops_every_process_on_sigterm(launched):
+    launch, replicas = launched
+    children = child_pids(launch.pid)
+    assert len(children) >= 2, children  # its router and the replica still alive
+    launch.send_signal(signal.SIGTERM)
+    assert launch.wait(60) == 0
+    left = [pid for pid in children if Path(f"/proc/{pid}").exists()]
+    assert not left, f"minillm launch left processes behind: {left}"
