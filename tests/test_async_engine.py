@@ -6,7 +6,7 @@ import asyncio
 import pytest
 
 from minillm.config import EngineConfig
-from minillm.engine.async_engine import AsyncEngine, RequestAborted
+from minillm.engine.async_engine import AsyncEngine, RequestAborted, RequestStream
 from minillm.engine.llm_engine import LLMEngine
 from minillm.sampling_params import SamplingParams
 
@@ -111,3 +111,34 @@ def test_stream_interval_batches_tokens(engine):
     assert seen[0] == 1 and seen[-1] == 10  # the first token at once, the end always
     assert all(b - a >= 4 for a, b in zip(seen, seen[1:-1]))
     assert whole.finished
+
+
+def test_waiting_is_counted_in_sequences(engine):
+    """A request for n samples waits as n sequences, until its first output."""
+    async def main():
+        loop = AsyncEngine(engine)
+        loop.streams = {"a": RequestStream("a", num_seqs=1), "b": RequestStream("b", num_seqs=3)}
+        before = loop.num_waiting
+        loop.streams["b"].started = True
+        return before, loop.num_waiting
+
+    assert asyncio.run(main()) == (4, 1)
+
+
+def test_abort_all_ends_every_stream_and_refuses_new_requests(engine):
+    async def main():
+        loop = AsyncEngine(engine)
+        loop.start()
+        params = SamplingParams(max_tokens=100, ignore_eos=True)
+        streams = [await loop.add_request(str(i), "hello", params) for i in range(3)]
+        await streams[0].__anext__()
+        loop.abort_all("shutting down")
+        for stream in streams:
+            with pytest.raises(RequestAborted, match="shutting down"):
+                await final(stream)
+        with pytest.raises(RequestAborted, match="shutting down"):
+            await loop.add_request("late", "hello", params)
+        loop.stop()
+
+    asyncio.run(main())
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
