@@ -24,11 +24,12 @@ def draw_requests(rng: random.Random, vocab: int) -> list[tuple[list[int], Sampl
     requests = []
     for _ in range(rng.randrange(1, 7)):
         prompt = rng.choice(prefixes) + [rng.randrange(vocab) for _ in range(rng.randrange(1, 31))]
+        max_tokens = rng.randrange(1, 31)
         greedy = rng.random() < 0.5
         params = SamplingParams(n=rng.randrange(1, 4), temperature=0 if greedy else 1.0,
-                                seed=rng.randrange(2**31), max_tokens=rng.randrange(1, 13),
+                                seed=rng.randrange(2**31), max_tokens=max_tokens,
                                 ignore_eos=True, logprobs=0)
-        requests.append((prompt[:MAX_MODEL_LEN - 13], params))
+        requests.append((prompt[:MAX_MODEL_LEN - max_tokens], params))
     return requests
 
 
@@ -36,7 +37,7 @@ def draw_engine(rng: random.Random) -> dict:
     block_size = rng.choice([8, 16])
     min_blocks = MAX_MODEL_LEN // block_size  # one sequence of max_model_len must fit
     return dict(block_size=block_size, max_model_len=MAX_MODEL_LEN,
-                num_gpu_blocks_override=rng.randrange(min_blocks, 3 * min_blocks),
+                num_gpu_blocks_override=rng.randrange(min_blocks, 2 * min_blocks),
                 max_num_batched_tokens=rng.randrange(1, 65), max_num_seqs=rng.randrange(1, 9),
                 preemption_mode=rng.choice(["swap", "recompute"]), swap_space=0.001,
                 enable_prefix_caching=rng.random() < 0.5,
