@@ -54,20 +54,22 @@ def run_minillm(llm: LLM, work: Workload) -> tuple[float, float]:
     prompts = [{"prompt_token_ids": p} for p in work.prompts]
     llm.generate(prompts[:2], params[:2], use_tqdm=False)  # warm-up
     runner, forward_seconds = llm.engine.runner, [0.0]
-    untimed_run = runner.run
+    untimed = runner.run, runner.model.compute_logits  # the forward, and the LM head
 
-    def timed_run(batch, rows):
-        start = time.perf_counter()
-        logits = untimed_run(batch, rows)
-        if logits.is_cuda:
-            torch.cuda.synchronize()
-        forward_seconds[0] += time.perf_counter() - start
-        return logits
+    def timed(function):
+        def timed_call(*args):
+            start = time.perf_counter()
+            result = function(*args)
+            if result.is_cuda:
+                torch.cuda.synchronize()
+            forward_seconds[0] += time.perf_counter() - start
+            return result
+        return timed_call
 
-    runner.run = timed_run
+    runner.run, runner.model.compute_logits = map(timed, untimed)
     start = time.perf_counter()
     llm.generate(prompts, params, use_tqdm=False)
-    runner.run = untimed_run
+    runner.run, runner.model.compute_logits = untimed
     return time.perf_counter() - start, forward_seconds[0]
 
 
