@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 PYTEST  := $(BIN)/python -m pytest
 
 .PHONY: help setup lab serve test test-unit test-kernels test-kernels-compile test-labs \
-        test-notebooks docs docs-serve notebooks grade bench clean
+        test-notebooks test-fallback docs docs-serve notebooks grade bench clean
 
 help:
 	@echo "make lab        set up .venv and open the course in JupyterLab"
@@ -32,11 +32,21 @@ lab: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/minillm serve
 
-test: $(STAMP) test-unit test-kernels test-kernels-compile test-labs test-notebooks docs
+test: $(STAMP) test-unit test-fallback test-kernels test-kernels-compile test-labs test-notebooks docs
 	@echo "make test: all suites passed"
 
 test-unit: $(STAMP)
 	$(PYTEST) tests -m "not kernels and not compile and not browser" -q
+
+# The engine tests again with oneDNN packing and the C attention kernel switched off: the paths a
+# CPU without AVX-512 or without a C compiler takes, tested on every machine. Left out: tests that
+# ask for attention_backend="cpu" by name (the kernel is off), and test_engine's scheduling
+# settings other than the default (test-unit runs them all; this keeps the target near 2 minutes).
+test-fallback: $(STAMP)
+	MINILLM_DISABLE_PACKING=1 MINILLM_DISABLE_CPU_KERNEL=1 $(PYTEST) tests/test_engine.py \
+	  tests/test_engine_api.py tests/test_engine_regressions.py \
+	  -m "not kernels and not compile and not browser" \
+	  -k "not cpu and (not test_mixed_batch or default)" -q
 
 # The Triton interpreter runs the kernels on the CPU; it must be on before triton is imported.
 test-kernels: $(STAMP)

@@ -152,6 +152,8 @@ def test_packed_or_fallback_linear_layers_match_transformers(checkpoint, dtype, 
     this CPU (and packing is not switched off), none where not; the logits match either way."""
     if disable_packing:
         monkeypatch.setenv("MINILLM_DISABLE_PACKING", "1")
+    else:  # also under `make test-fallback`, which switches packing off for the other tests
+        monkeypatch.delenv("MINILLM_DISABLE_PACKING", raising=False)
     model = engine_model(checkpoint, dtype)
     linears = 7 * model.config.num_layers + 1
     packs = not disable_packing and packing_refused(getattr(torch, dtype)) is None
