@@ -12,8 +12,8 @@ from minillm.model import load_tokenizer
 
 def test_side_by_side_pads_and_cuts():
     text = side_by_side("a\nbb", "1234567\nx\ny", width=5, titles=("L", "R"))
-    assert text.splitlines() == ["L     │ R", "----- │ -----", "a     │ 1234…", "bb    │ x",
-                                 "      │ y"]
+    assert text.splitlines() == ["L     │ R", "----- │ -----", "a     │ 1234…",
+                                 "bb    │ x", "      │ y"]
 
 
 def test_state_changes_lists_only_what_changed():
