@@ -28,7 +28,7 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, model: Path, *args: str, startup_timeout: float = 90,
+    def __init__(self, model: Path, *args: str, startup_timeout: float = 240,
                  env: dict[str, str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

@@ -1,13 +1,19 @@
 """The server under load, at its limits, and shutting down (each test has its own server).
 
-- 200 requests at concurrency 64 over loopback, a fifth of the clients vanishing mid-stream:
-  no server error, no leaked KV block, /health still 200.
-- A full waiting queue answers 429 instead of queueing without bound.
-- SIGTERM lets an in-flight stream finish while new requests get 503.
+- 300 requests at concurrency 48 over loopback, one client in five hanging up (streaming and
+  not): no server error, no ERROR line, nothing left running or waiting, no leaked KV block.
+- 2,000 more (marked `soak`, about two minutes): the server's memory should not grow (it does,
+  natively: an expected failure until the engine's native growth is fixed).
+- The waiting queue is counted in sequences: a full one answers 429, a request that could never
+  fit in it 400.
+- SIGTERM with 16 streams in flight: new requests get 503, short streams finish; what is still
+  running at --shutdown-timeout ends with an error event and `[DONE]` (a 503 when not
+  streamed), and the process exits 0 within the documented bound.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import threading
 import time
@@ -16,25 +22,32 @@ import httpx
 import openai
 import pytest
 
+from minillm.entrypoints.openai.api_server import EXIT_BOUND
 from server_process import ServerProcess
 
-NUM_REQUESTS, CONCURRENCY, DISCONNECT_EVERY = 200, 64, 5
+NUM_REQUESTS, CONCURRENCY, DISCONNECT_EVERY = 300, 48, 5
+SOAK_REQUESTS, SOAK_RSS_GROWTH_MIB = 2000, 50
 
 
 async def one_client(client: openai.AsyncOpenAI, i: int) -> str:
-    """Client i: every 5th reads two chunks of a long stream and hangs up; the others complete
-    or chat, streamed or not. The long streams ask for 480 tokens: enough that none can finish
-    before its client is gone, even while 64 clients share the machine with the server."""
-    if i % DISCONNECT_EVERY == 0:
-        stream = await client.completions.create(
-            model="tiny", prompt=f"request {i}", max_tokens=480, stream=True,
-            extra_body={"ignore_eos": True})
+    """Client i: one in five hangs up — half of those read two chunks of a long stream and
+    close it, half give up waiting for a long non-streamed answer; the others complete or chat,
+    streamed or not. The long requests ask for 480 tokens: enough that none can finish before
+    its client is gone, even while 48 clients share the machine with the server."""
+    long = dict(model="tiny", prompt=f"request {i}", max_tokens=480,
+                extra_body={"ignore_eos": True})
+    if i % (2 * DISCONNECT_EVERY) == 0:
+        stream = await client.completions.create(**long, stream=True)
         chunks = 0
         async for _ in stream:
             chunks += 1
             if chunks == 2:
                 break
         await stream.close()
+        return "disconnected"
+    if i % DISCONNECT_EVERY == 0:
+        with pytest.raises(openai.APITimeoutError):
+            await client.with_options(timeout=1.0).completions.create(**long)
         return "disconnected"
     kwargs = dict(model="tiny", max_tokens=8 + i % 8, temperature=0.8, seed=i,
                   stream=i % 2 == 0)
@@ -49,51 +62,97 @@ async def one_client(client: openai.AsyncOpenAI, i: int) -> str:
     return "done"
 
 
-async def run_load(url: str) -> list[str]:
+async def run_load(url: str, num_requests: int) -> list[str]:
     gate = asyncio.Semaphore(CONCURRENCY)
     async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="-", max_retries=0,
-                                  timeout=60) as client:
+                                  timeout=120) as client:
         async def gated(i):
             async with gate:
                 return await one_client(client, i)
-        return await asyncio.gather(*(gated(i) for i in range(NUM_REQUESTS)))
+        return await asyncio.gather(*(gated(i) for i in range(num_requests)))
 
 
-def test_load_with_disconnects(llama_checkpoint):
+def assert_clean(server: ServerProcess, results: list[str]) -> None:
+    """Nothing is left in the engine; the log shows no server error, no ERROR line, and each
+    hang-up as a quiet `disconnected`, aborted (each client's own errors were raised in
+    run_load). On a busy machine a client may give up before the server has read its request:
+    that one leaves no log line and nothing to abort."""
+    hung_up = results.count("disconnected")
+    assert hung_up == len(results) // DISCONNECT_EVERY
+    m = server.wait_idle()
+    assert m["vllm:kv_cache_usage_perc"] == 0, "leaked KV blocks"
+    assert m["vllm:num_requests_running"] == m["vllm:num_requests_waiting"] == 0
+    assert httpx.get(f"{server.url}/health").status_code == 200
+    log = server.log()
+    assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
+    assert not re.search(r"-> 5\d\d", log), "a request got a server error"
+    never_seen = len(results) - len(re.findall(r" POST /v1/", log))
+    disconnected = len(re.findall(r"-> disconnected", log))
+    assert 0 <= never_seen <= len(results) // 100, never_seen
+    assert disconnected == hung_up - never_seen
+    assert m["vllm:request_success_total{finished_reason=abort}"] == disconnected
+
+
+@pytest.fixture
+def load_server(llama_checkpoint):
+    """A 16 MiB KV cache (2,048 blocks; the load needs a few hundred): the cache's pages are
+    mapped as blocks are first used, so a large one would look like growing memory for as long
+    as the allocator keeps reaching blocks it had not used yet."""
     server = ServerProcess(llama_checkpoint, "--served-model-name", "tiny",
-                           "--max-num-seqs", "64", "--max-model-len", "512")
-    try:
-        started = time.monotonic()
-        results = asyncio.run(run_load(server.url))
-        elapsed = time.monotonic() - started
-        m = server.wait_idle()
-        assert results.count("done") == NUM_REQUESTS - NUM_REQUESTS // DISCONNECT_EVERY
-        assert m["vllm:kv_cache_usage_perc"] == 0, "leaked KV blocks"
-        assert m["vllm:num_requests_running"] == m["vllm:num_requests_waiting"] == 0
-        assert m["vllm:request_success_total{finished_reason=abort}"] == (
-            NUM_REQUESTS // DISCONNECT_EVERY)
-        assert httpx.get(f"{server.url}/health").status_code == 200
-        log = server.log()
-        assert "Traceback" not in log and "ERROR" not in log
-        assert not re.search(r"-> 5\d\d", log), "a request got a server error"
-        assert elapsed < 60
-    finally:
-        server.stop()
+                           "--max-num-seqs", "64", "--max-model-len", "512",
+                           "--num-gpu-blocks-override", "2048")
+    yield server
+    server.stop()
 
 
-def test_full_queue_is_429(llama_checkpoint):
+def test_load_with_disconnects(load_server):
+    started = time.monotonic()
+    results = asyncio.run(run_load(load_server.url, NUM_REQUESTS))
+    elapsed = time.monotonic() - started
+    assert_clean(load_server, results)
+    print(f"\n{NUM_REQUESTS} requests at concurrency {CONCURRENCY} in {elapsed:.1f} s")
+
+
+@pytest.mark.soak
+@pytest.mark.xfail(strict=True, reason=(
+    "RSS grows ~130-170 MiB over 2,000 requests after a 300-request warm-up, outside the "
+    "Python heap (tracemalloc stays flat): about half is oneDNN's primitive cache (an entry per "
+    "new GEMM shape; ONEDNN_PRIMITIVE_CACHE_CAPACITY=8 halves it), the rest native allocations "
+    "that keep creeping at ~20 KB per request; see docs/serving.md"))
+def test_memory_does_not_grow_over_2000_requests(load_server):
+    warm_up = asyncio.run(run_load(load_server.url, NUM_REQUESTS))  # caches, pools, allocator
+    load_server.wait_idle()
+    before = load_server.rss_mib()
+    started = time.monotonic()
+    results = asyncio.run(run_load(load_server.url, SOAK_REQUESTS))
+    elapsed = time.monotonic() - started
+    load_server.wait_idle()
+    growth = load_server.rss_mib() - before
+    print(f"\nRSS {before:.0f} MiB -> {before + growth:.0f} MiB (+{growth:.1f} MiB) over "
+          f"{SOAK_REQUESTS} requests in {elapsed:.0f} s")
+    assert growth < SOAK_RSS_GROWTH_MIB
+    assert_clean(load_server, warm_up + results)
+
+
+def test_queue_counts_sequences(llama_checkpoint):
     server = ServerProcess(llama_checkpoint, "--served-model-name", "tiny",
-                           "--max-num-seqs", "1", "--max-waiting-requests", "1")
+                           "--max-num-seqs", "1", "--max-waiting-requests", "4")
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="-", max_retries=0)
     long = dict(model="tiny", prompt="a", max_tokens=400, stream=True,
                 extra_body={"ignore_eos": True})
     try:
+        with pytest.raises(openai.BadRequestError) as e:  # 4 prompts x n=2: can never queue
+            client.completions.create(model="tiny", prompt=["a", "b", "c", "d"], n=2,
+                                      max_tokens=2)
+        assert "8 sequences" in e.value.response.json()["error"]["message"]
         running = client.completions.create(**long)
         next(iter(running))  # it has produced a token: it runs
-        waiting = client.completions.create(**long)  # max_num_seqs=1: this one waits
-        with pytest.raises(openai.RateLimitError) as e:
-            client.completions.create(model="tiny", prompt="a", max_tokens=2)
-        assert "--max-waiting-requests 1" in e.value.response.json()["error"]["message"]
+        waiting = client.completions.create(**long, n=1)  # max_num_seqs=1: it waits (1 seq)
+        time.sleep(0.2)
+        with pytest.raises(openai.RateLimitError) as e:  # 1 waiting + 4 > 4
+            client.completions.create(model="tiny", prompt="a", max_tokens=2, n=4)
+        assert "--max-waiting-requests 4" in e.value.response.json()["error"]["message"]
+        assert e.value.response.headers["retry-after"] == "1"
         running.close()
         waiting.close()
         assert server.wait_idle()["vllm:kv_cache_usage_perc"] == 0
@@ -101,31 +160,73 @@ def test_full_queue_is_429(llama_checkpoint):
         server.stop()
 
 
-def test_sigterm_drains_in_flight_and_refuses_new(llama_checkpoint):
-    server = ServerProcess(llama_checkpoint, "--served-model-name", "tiny",
-                           "--shutdown-timeout", "60")
-    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="-", max_retries=0)
-    stream = client.completions.create(model="tiny", prompt="a", max_tokens=450, stream=True,
-                                       stream_options={"include_usage": True},
-                                       extra_body={"ignore_eos": True})
-    chunks = iter(stream)
-    next(chunks)
-    rest: list = []
-    reader = threading.Thread(target=lambda: rest.extend(chunks))
+def read_events(url: str, body: dict, events: list, started: threading.Event) -> None:
+    """Stream `body`, appending each `data:` payload to `events`; `started` is set once the
+    first token is in, and the time the stream ended is appended last."""
+    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                events.append(line[6:])
+                started.set()
+    events.append(time.monotonic())
+
+
+def test_sigterm_with_16_streams_in_flight(llama_checkpoint):
+    """While the server drains, /health and new requests get 503; 8 short streams finish; 8
+    long ones and a non-streamed request are still running at the timeout: they end with an
+    error event and `[DONE]`, and a 503. Every response has ended by the timeout (plus a second
+    to send the last events), and the process exits 0 within the documented bound."""
+    timeout = 4
+    server = ServerProcess(llama_checkpoint, "--served-model-name", "tiny", "--max-model-len",
+                           "4096", "--shutdown-timeout", str(timeout))
+    bodies = [{"model": "tiny", "prompt": f"stream {i}", "stream": True, "ignore_eos": True,
+               "max_tokens": 12 if i < 8 else 4000} for i in range(16)]
+    events = [[] for _ in bodies]
+    started = [threading.Event() for _ in bodies]
+    readers = [threading.Thread(target=read_events, args=(server.url, b, e, s))
+               for b, e, s in zip(bodies, events, started)]
+    whole = {}
+
+    def not_streamed():
+        whole["response"] = httpx.post(f"{server.url}/v1/completions", timeout=60, json={
+            "model": "tiny", "prompt": "whole", "max_tokens": 4000, "ignore_eos": True})
+        whole["ended"] = time.monotonic()
+
+    waiter = threading.Thread(target=not_streamed)
     try:
+        for reader in readers:
+            reader.start()
+        waiter.start()
+        assert all(s.wait(60) for s in started)
+        signalled = time.monotonic()
         server.terminate()
-        reader.start()
-        deadline = time.monotonic() + 10  # the signal reaches the server asynchronously
-        while httpx.get(f"{server.url}/health").status_code == 200:
-            assert time.monotonic() < deadline
+        while httpx.get(f"{server.url}/health").status_code == 200:  # the signal is on its way
             time.sleep(0.01)
-        with pytest.raises(openai.InternalServerError) as e:
-            client.completions.create(model="tiny", prompt="a", max_tokens=2)
-        assert e.value.status_code == 503
-        reader.join(60)
-        assert rest[-2].choices[0].finish_reason == "length"
-        assert rest[-1].usage.completion_tokens == 450  # drained to the end, not cut
-        assert server.process.wait(30) in (0, -15)  # uvicorn re-raises SIGTERM once drained
-        assert "draining 1 in-flight requests" in server.log()
+        refused = httpx.post(f"{server.url}/v1/completions", json={"prompt": "a"})
+        assert refused.status_code == 503, refused.text
+        code = server.process.wait(timeout + EXIT_BOUND)
+        exited = time.monotonic() - signalled
+        for thread in [*readers, waiter]:
+            thread.join(10)
     finally:
         server.stop()
+    assert code == 0
+    assert exited < timeout + EXIT_BOUND, f"exited {exited:.1f} s after SIGTERM"
+    ended = max(e[-1] for e in events + [[whole["ended"]]]) - signalled
+    assert ended < timeout + 1, f"the last response ended {ended:.1f} s after SIGTERM"
+    finished = aborted = 0
+    for i, stream in enumerate(events):
+        assert stream[-2] == "[DONE]", f"stream {i} cut without [DONE]: {stream[-3:-1]}"
+        last = json.loads(stream[-3])
+        if "error" in last:
+            assert last["error"]["code"] == 503, last
+            aborted += 1
+        else:
+            assert last["choices"][0]["finish_reason"] == "length", (i, last)
+            finished += 1
+    assert finished >= 8 and aborted >= 1, (finished, aborted)
+    assert whole["response"].status_code == 503
+    assert whole["response"].json()["error"]["type"] == "ServiceUnavailableError"
+    log = server.log()
+    assert "draining 17 in-flight requests" in log and "shutdown timeout: aborting" in log
+    assert "ERROR" not in log, log[-3000:]

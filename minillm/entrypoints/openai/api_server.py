@@ -13,7 +13,8 @@ Shutdown: the first SIGTERM (or Ctrl+C) stops admitting requests (503, /health t
 balancer stops sending them) and lets the in-flight ones finish, for at most --shutdown-timeout
 seconds. Then what is left is aborted: a stream gets an error event and `[DONE]`, a waiting
 client a 503. uvicorn closes the connections (at most SHUTDOWN_GRACE more seconds) and the
-process exits 0. A second signal ends the wait at once, the same way.
+process exits 0, at most --shutdown-timeout + EXIT_BOUND seconds after the signal. A second
+signal ends the wait at once, the same way.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 import minillm
 from minillm.engine.async_engine import AsyncEngine
 from minillm.engine.llm_engine import LLMEngine
+from minillm.entrypoints.openai import cluster_routes
 from minillm.entrypoints.openai.cli_args import add_server_arguments, engine_config
 from minillm.entrypoints.openai.errors import (ERROR_RESPONSES, OpenAIError, error_response,
                                                install_error_handlers)
@@ -54,6 +56,9 @@ from minillm.entrypoints.openai.serving_completion import OpenAIServingCompletio
 logger = logging.getLogger("minillm.server")
 
 SHUTDOWN_GRACE = 2  # seconds uvicorn waits for connections to close once the drain is over
+# The documented bound: after --shutdown-timeout, the grace above, then Python and PyTorch
+# tearing down (a second or two; several on a busy machine), the process has exited.
+EXIT_BOUND = 10
 
 
 @dataclass
@@ -207,6 +212,7 @@ def build_app(engine: LLMEngine, served_model_names: list[str], api_key: str | N
     app.state.minillm = ServerState(async_engine, metrics, OpenAIServingCompletion(*serving),
                                     OpenAIServingChat(*serving), served_model_names)
     app.include_router(router)
+    app.include_router(cluster_routes.router)
     app.include_router(v1)
     install_error_handlers(app)
     app.openapi = functools.partial(openapi_schema, app)
