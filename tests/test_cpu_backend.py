@@ -15,9 +15,14 @@ What is proven here:
   cached prefix) gives what the torch backend gives, and leaves the same caches behind.
 * The engine on attention_backend="cpu" generates token-for-token what it generates on "torch",
   through chunked prefill, block size 32, preemption and prefix-cache hits, and leaks no block.
-* "auto" picks "cpu" where the kernel builds and "torch" where it does not; an explicit "cpu"
-  without a compiler raises `KernelUnavailable` saying why; float16 is refused; builds are cached;
+* "auto" picks "cpu" where the kernel builds and "torch" where it does not, with one log line;
+  an explicit "cpu" without a compiler raises `KernelUnavailable` saying why; float16 is refused;
   loading the kernel leaves the process's floating-point mode alone.
+* Builds are cached under a key of source, compiler version, flags and CPU features: a build
+  made for another CPU is not loaded. A compiler that fails is tried once per cache (a `.failed`
+  file), not once per engine; one without OpenMP gives a single-threaded kernel and a log line;
+  one without -march=native a portable one; a build that computes wrong values is not used;
+  `MINILLM_DISABLE_CPU_KERNEL=1` switches the kernel off.
 """
 from __future__ import annotations
 

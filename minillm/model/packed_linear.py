@@ -50,6 +50,10 @@ class PackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
 
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}")
+
     def _apply(self, fn, recurse=True):
         # `.to()`, `.float()`, ... run `fn` on every tensor, and oneDNN's layout can be neither
         # cast nor copied: unpack, convert as usual, pack again.
@@ -60,6 +64,7 @@ class PackedLinear(nn.Module):
 
 
 def pack(weight: torch.Tensor) -> torch.Tensor:
+    """The weight [out, in] re-arranged into oneDNN's blocked layout, as an opaque tensor."""
     return torch.ops.mkldnn._reorder_linear_weight(weight, None)
 
 
