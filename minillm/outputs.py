@@ -48,3 +48,5 @@ class RequestOutput:
     finished: bool
     metrics: RequestMetrics | None = None
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    # with `prompt_logprobs`: per prompt token, its logprob and the top-k (None for the first)
+    prompt_logprobs: list[dict[int, Logprob] | None] | None = None

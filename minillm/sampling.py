@@ -2,11 +2,13 @@
 
 `sample` applies, in this order (the same as vLLM v1):
 
+0. rows with a grammar (structured outputs): every token the grammar forbids gets -inf, so the
+   logprobs below are those of the masked distribution, as in vLLM;
 1. log-probabilities are read from the raw model distribution, `log_softmax(logits)`, before
    any of the steps below change it (only if some row asks for `logprobs`: as in vLLM, a
    request without them gets no logprob and no cumulative logprob);
 2. min_tokens: while a sequence has fewer outputs than `min_tokens`, EOS and its stop tokens
-   get -inf, so it cannot end early;
+   get -inf, so it cannot end early; then each row's `logit_bias` is added;
 3. penalties: repetition (prompt and output tokens), then frequency and presence (output tokens);
 4. greedy rows take the argmax;
 5. the other rows: temperature, then top-k, then top-p, then min-p;
@@ -18,7 +20,7 @@ Each step is a small function of its own, so a test or a chapter can call it dir
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -37,21 +39,56 @@ class SamplerOutput:
     logprobs: list[float | None]  # the chosen token's raw logprob; None without `logprobs`
     top_logprobs: list[dict[int, float] | None]  # the top-`params.logprobs` tokens, best first
     ranks: list[int | None] | None = None  # the chosen token's rank (1 = most likely)
+    # request id -> the prompt tokens scored this step (requests with `prompt_logprobs` only)
+    prompt_logprobs: dict[str, PromptLogprobs] = field(default_factory=dict)
+
+
+@dataclass
+class PromptLogprobs:
+    """How likely the model found a run of prompt tokens, each given the tokens before it."""
+
+    start: int  # the prompt position of the first token scored
+    logprobs: list[float]  # per token: its logprob
+    ranks: list[int]  # ...its rank (1 = most likely)
+    top_logprobs: list[dict[int, float]]  # ...and the top-k tokens at its position, best first
+
+
+def score_prompt(logits: torch.Tensor, next_ids: list[int], k: int, start: int) -> PromptLogprobs:
+    """Row i of `logits` is the model's prediction after prompt position start - 1 + i;
+    `next_ids[i]` is the prompt token that actually followed."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    chosen = logprobs.gather(1, torch.tensor(next_ids, device=logits.device)[:, None])
+    ranks = ((logprobs > chosen).sum(dim=1) + 1).tolist()
+    values, ids = logprobs.topk(min(k, logprobs.shape[1]), dim=-1)
+    top = [dict(zip(i, v)) for i, v in zip(ids.tolist(), values.tolist())]
+    return PromptLogprobs(start, chosen[:, 0].tolist(), ranks, top)
+
+
+@dataclass
+class AllowedTokens:
+    """The grammar masks of the rows that have one (the other rows pay nothing)."""
+
+    rows: list[int]
+    bitmask: torch.Tensor  # [len(rows), ceil(vocab / 32)] int32: bit t set = token t allowed
 
 
 @torch.inference_mode()
 def sample(logits: torch.Tensor, params: list[SamplingParams], prompt_ids: list[list[int]],
            output_ids: list[list[int]], generators: list[torch.Generator],
-           eos_token_ids: list[int]) -> SamplerOutput:
+           eos_token_ids: list[int], allowed: AllowedTokens | None = None) -> SamplerOutput:
     """Choose one token for each row of `logits` ([num_rows, vocab], float32).
 
     Row i belongs to a sequence with `params[i]`, prompt `prompt_ids[i]` and the tokens it has
     generated so far, `output_ids[i]`; `generators[i]` is the only source of its randomness.
     """
     logits = logits.float()
+    if allowed is not None:
+        logits = apply_allowed_tokens(logits, allowed)
     wanted = [p.logprobs is not None for p in params]
     raw_logprobs = torch.log_softmax(logits, dim=-1) if any(wanted) else None
     logits = apply_min_tokens(logits, params, output_ids, eos_token_ids)
+    if any(p.logit_bias for p in params):
+        logits = apply_logit_bias(logits, params)
     if any(p.repetition_penalty != 1 or p.frequency_penalty or p.presence_penalty for p in params):
         logits = apply_penalties(logits, prompt_ids, output_ids, *_penalty_tensors(params, logits))
     greedy_ids = logits.argmax(dim=-1).tolist()
@@ -83,6 +120,29 @@ def apply_min_tokens(logits: torch.Tensor, params: list[SamplingParams],
         banned = [t for t in [*eos_token_ids, *params[row].stop_token_ids]
                   if 0 <= t < logits.shape[1]]
         logits[row, banned] = float("-inf")
+    return logits
+
+
+def apply_allowed_tokens(logits: torch.Tensor, allowed: AllowedTokens) -> torch.Tensor:
+    """-inf for every token whose bit is 0 in its row's bitmask."""
+    vocab = logits.shape[1]
+    shifts = torch.arange(32, dtype=torch.int32, device=logits.device)
+    bits = (allowed.bitmask.to(logits.device)[:, :, None] >> shifts) & 1  # bit t%32 of word t//32
+    forbidden = bits.flatten(1)[:, :vocab] == 0
+    rows = torch.tensor(allowed.rows, device=logits.device)
+    logits = logits.clone()
+    logits[rows] = logits[rows].masked_fill(forbidden, float("-inf"))
+    return logits
+
+
+def apply_logit_bias(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    """Add each row's `logit_bias` (token id -> bias) to its logits; +100 all but forces a
+    token, -100 all but bans it."""
+    logits = logits.clone()
+    for row, p in enumerate(params):
+        if p.logit_bias:
+            ids = torch.tensor(list(p.logit_bias), device=logits.device)
+            logits[row, ids] += torch.tensor(list(p.logit_bias.values()), device=logits.device)
     return logits
 
 

@@ -11,6 +11,8 @@ from enum import Enum
 
 import numpy as np
 
+from minillm.structured_output import StructuredOutputsParams
+
 # Below this temperature sampling is indistinguishable from argmax, and dividing logits by it
 # would overflow; vLLM uses the same threshold.
 GREEDY_EPS = 1e-5
@@ -51,6 +53,12 @@ class SamplingParams:
     max_tokens: most tokens to generate; None means up to the model's context length.
     min_tokens: EOS and stop tokens are forbidden until this many tokens are generated.
     logprobs: how many top log-probabilities to return per token, besides the chosen one's.
+    prompt_logprobs: the same for every prompt token, each given the tokens before it (the
+        first prompt token's entry is None). Such a request never reuses the prefix cache (as
+        in vLLM): a cached block was never run through the model, so it has no logits.
+    logit_bias: token id -> a bias in [-100, 100], added to that token's logit before sampling.
+    structured_outputs: a grammar the output must follow (JSON schema, regex, choice, EBNF);
+        see `minillm.structured_output`.
     skip_special_tokens: leave special tokens out of the returned text.
     output_kind: when the engine reports the request (see `RequestOutputKind`).
     """
@@ -70,6 +78,9 @@ class SamplingParams:
     max_tokens: int | None = 16
     min_tokens: int = 0
     logprobs: int | None = None
+    prompt_logprobs: int | None = None
+    logit_bias: dict[int, float] | None = None
+    structured_outputs: StructuredOutputsParams | None = None
     skip_special_tokens: bool = True
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
 
@@ -114,6 +125,15 @@ class SamplingParams:
                f"{INT64_MAX - (self.n - 1)})")
         _check(self.logprobs is None or self.logprobs >= 0, "logprobs", self.logprobs,
                "None or at least 0")
+        _check(self.prompt_logprobs is None or self.prompt_logprobs >= 0, "prompt_logprobs",
+               self.prompt_logprobs, "None or at least 0")
+        bias = self.logit_bias or {}
+        _check(all(isinstance(t, int) and isinstance(b, (int, float)) and -100 <= b <= 100
+                   for t, b in bias.items()),
+               "logit_bias", bias, "a dict of integer token ids to biases in [-100, 100]")
+        _check(self.structured_outputs is None
+               or isinstance(self.structured_outputs, StructuredOutputsParams),
+               "structured_outputs", self.structured_outputs, "a StructuredOutputsParams")
 
     def _validate_lengths(self):
         _check(self.max_tokens is None or self.max_tokens >= 1, "max_tokens", self.max_tokens,

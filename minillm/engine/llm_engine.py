@@ -26,6 +26,7 @@ from minillm.model import load_model, load_tokenizer
 from minillm.model.packed_linear import can_pack, pack_linear_layers
 from minillm.outputs import RequestMetrics, RequestOutput
 from minillm.sampling_params import SamplingParams
+from minillm.structured_output import GrammarCompiler
 
 CPU_KV_CACHE_BYTES = 1 << 30
 logger = logging.getLogger("minillm")
@@ -57,6 +58,7 @@ class LLMEngine:
                                   self.backend)
         self.runner = ModelRunner(self.model, self.cache, config.block_size, self.eos_token_ids)
         self.output_processor = OutputProcessor(self.tokenizer)
+        self.grammars = GrammarCompiler(self.tokenizer, cfg.vocab_size, self.eos_token_ids)
         self.stats = EngineStats(num_blocks=num_blocks)
         self._seed_source = torch.Generator().manual_seed(config.seed)
 
@@ -114,12 +116,16 @@ class LLMEngine:
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
         text, ids = self._tokenize(prompt)
-        self._validate(ids)
+        self._validate(ids, params)
+        # One matcher per sample, made before anything is queued: a bad grammar raises here.
+        matchers = (None if params.structured_outputs is None else
+                    [self.grammars.matcher(params.structured_outputs) for _ in range(params.n)])
         metrics = RequestMetrics(arrival_time or time.monotonic())
         seqs = [self._new_sequence(request_id, ids, params, index, priority, metrics.arrival_time)
                 for index in range(params.n)]
         seqs[0].forks = seqs[1:]
-        self.output_processor.add(Request(request_id, text, ids, params, metrics, seqs))
+        self.output_processor.add(Request(request_id, text, ids, params, metrics, seqs,
+                                          matchers=matchers))
         self.scheduler.add(seqs[0])
 
     def _tokenize(self, prompt) -> tuple[str | None, list[int]]:
@@ -132,7 +138,7 @@ class LLMEngine:
         raise ValueError("a prompt is a string, a list of token ids or "
                          "{'prompt_token_ids': [...]}")
 
-    def _validate(self, ids: list[int]) -> None:
+    def _validate(self, ids: list[int], params: SamplingParams) -> None:
         if not ids:
             raise ValueError("the prompt is empty")
         if len(ids) >= self.max_model_len:
@@ -143,6 +149,10 @@ class LLMEngine:
         bad = [t for t in ids if not (isinstance(t, int) and 0 <= t < vocab)]
         if bad:
             raise ValueError(f"token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
+        bad = [t for t in params.logit_bias or {} if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"logit_bias token ids {bad[:5]} are outside the vocabulary "
+                             f"[0, {vocab})")
 
     def _new_sequence(self, request_id: str, ids: list[int], params: SamplingParams, index: int,
                       priority: int, arrival_time: float) -> Sequence:
@@ -170,10 +180,12 @@ class LLMEngine:
         """One iteration of continuous batching. Returns the requests that made progress."""
         started = time.perf_counter()
         scheduled = self.scheduler.schedule()
-        sampled = self.runner.execute(scheduled)
+        allowed = self.output_processor.allowed_tokens(scheduled.sampled_seqs,
+                                                       self.grammars.vocab_size)
+        sampled = self.runner.execute(scheduled, allowed)
         self.scheduler.update_from_output(scheduled, sampled.token_ids)
         for seq in self.output_processor.process_tokens(scheduled, sampled):
-            self.scheduler.finish(seq, "stop")  # its text ends in a stop string
+            self.scheduler.finish(seq, "stop")  # a stop string, or its grammar ended
         self.stats.record(self.scheduler.make_stats(), scheduled.num_tokens,
                           time.perf_counter() - started if scheduled.seqs else 0.0)
         return self.output_processor.make_outputs(scheduled.sampled_seqs)

@@ -10,7 +10,7 @@ from minillm.attention.base import AttentionBackend, AttentionMetadata
 from minillm.engine.block_manager import BlockMoves
 from minillm.engine.scheduler import SchedulerOutput
 from minillm.model import LlamaForCausalLM
-from minillm.sampling import SamplerOutput, sample
+from minillm.sampling import AllowedTokens, SamplerOutput, sample, score_prompt
 
 
 class PagedKVCache:
@@ -49,15 +49,17 @@ class ModelRunner:
         self.eos_token_ids = eos_token_ids  # min_tokens forbids them
         self.device = model.device
 
-    def execute(self, out: SchedulerOutput) -> SamplerOutput:
+    @torch.inference_mode()
+    def execute(self, out: SchedulerOutput, allowed: AllowedTokens | None = None) -> SamplerOutput:
         """Run the plan: move blocks, compute the scheduled tokens, sample one token for each of
-        `out.sampled_seqs`."""
+        `out.sampled_seqs` (within its grammar's `allowed` tokens, if it has one)."""
         self.cache.move_blocks(out.moves)  # even when nothing runs: a swap-in must land now
         if not out.seqs:
             return SamplerOutput([], [], [])
         rows = self._sample_rows(out)
         unique_rows = list(dict.fromkeys(rows))
-        logits = self.run(out, unique_rows)
+        hidden = self.run(out)
+        logits = self.model.compute_logits(hidden[unique_rows])
         if len(unique_rows) < len(rows):  # parallel samples: repeat their prompt's row
             logits = logits[[unique_rows.index(row) for row in rows]]
         seqs = out.sampled_seqs
@@ -66,8 +68,29 @@ class ModelRunner:
         history = [s.params.uses_token_history for s in seqs]
         prompts = [s.token_ids[:s.num_prompt_tokens] if h else [] for s, h in zip(seqs, history)]
         outputs = [s.output_token_ids if h else [] for s, h in zip(seqs, history)]
-        return sample(logits, [s.params for s in seqs], prompts, outputs,
-                      [s.generator for s in seqs], self.eos_token_ids)
+        sampled = sample(logits, [s.params for s in seqs], prompts, outputs,
+                         [s.generator for s in seqs], self.eos_token_ids, allowed)
+        sampled.prompt_logprobs = self._score_prompts(out, hidden)
+        return sampled
+
+    def _score_prompts(self, out: SchedulerOutput, hidden: torch.Tensor):
+        """Prompt logprobs of the prompt tokens this step computed, for the requests that ask.
+        Only their rows go through the LM head: logits for every prefill token would cost
+        vocab x tokens."""
+        scored, row = {}, 0
+        for seq, n in zip(out.seqs, out.num_new_tokens):
+            first = seq.num_computed_tokens
+            # The hidden state at position p predicts the prompt token at p + 1. Sample 0
+            # computes the prompt; once it has outputs, a recompute has scored it already.
+            last = min(first + n, seq.num_prompt_tokens - 1)
+            if (seq.params.prompt_logprobs is not None and seq.index == 0
+                    and not seq.output_token_ids and last > first):
+                logits = self.model.compute_logits(hidden[row:row + last - first])
+                scored[seq.request_id] = score_prompt(
+                    logits, seq.token_ids[first + 1:last + 1], seq.params.prompt_logprobs,
+                    start=first + 1)
+            row += n
+        return scored
 
     @staticmethod
     def _sample_rows(out: SchedulerOutput) -> list[int]:
@@ -105,9 +128,7 @@ class ModelRunner:
         return torch.tensor(data, dtype=dtype, device=self.device)
 
     @torch.inference_mode()
-    def run(self, batch: SchedulerOutput, sample_rows: list[int]) -> torch.Tensor:
-        """One forward pass; returns float32 logits of the tokens at `sample_rows` (the last token
-        of each sequence that completes its prompt or decodes this step)."""
+    def run(self, batch: SchedulerOutput) -> torch.Tensor:
+        """One forward pass; returns the last layer's hidden states of every token computed."""
         input_ids, positions, self.cache.meta = self.prepare(batch)
-        hidden = self.model(input_ids, positions, self.cache)
-        return self.model.compute_logits(hidden[sample_rows])
+        return self.model(input_ids, positions, self.cache)

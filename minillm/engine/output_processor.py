@@ -8,13 +8,14 @@ outputs are built.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from minillm.engine.scheduler import SchedulerOutput
 from minillm.engine.sequence import Sequence
 from minillm.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
-from minillm.sampling import SamplerOutput
+from minillm.sampling import AllowedTokens, PromptLogprobs, SamplerOutput
 from minillm.sampling_params import RequestOutputKind, SamplingParams
+from minillm.structured_output import fill_bitmask
 
 
 @dataclass
@@ -27,6 +28,8 @@ class Request:
     params: SamplingParams
     metrics: RequestMetrics
     seqs: list[Sequence]
+    prompt_logprobs: list[dict[int, Logprob] | None] = field(default_factory=lambda: [None])
+    matchers: list | None = None  # with structured outputs: each sample's grammar state
 
     @property
     def finished(self) -> bool:
@@ -51,14 +54,41 @@ class OutputProcessor:
         for seq in out.seqs:
             metrics = self.requests[seq.request_id].metrics
             metrics.first_scheduled_time = metrics.first_scheduled_time or now
+        for request_id, scored in sampled.prompt_logprobs.items():
+            self._record_prompt_logprobs(self.requests[request_id], scored)
         stopped = []
         for i, seq in enumerate(out.sampled_seqs):
             self._record_time(self.requests[seq.request_id].metrics, seq, now)
             if sampled.logprobs[i] is not None:
                 self._record_logprobs(seq, sampled, i)
-            if self._detokenize(seq):
+            if self._detokenize(seq) or self._advance_grammar(seq):
                 stopped.append(seq)
         return stopped
+
+    def allowed_tokens(self, seqs: list[Sequence], vocab_size: int) -> AllowedTokens | None:
+        """The grammar masks of the sequences about to sample that have a grammar."""
+        rows, matchers = [], []
+        for row, seq in enumerate(seqs):
+            request = self.requests[seq.request_id]
+            if request.matchers is not None:
+                rows.append(row)
+                matchers.append(request.matchers[seq.index])
+        if not rows:
+            return None
+        return AllowedTokens(rows, fill_bitmask(matchers, vocab_size))
+
+    def _advance_grammar(self, seq: Sequence) -> bool:
+        """Feed the new token to the sequence's grammar; True if the grammar has ended (it
+        accepted an end token) while the sequence still runs (e.g. with `ignore_eos`)."""
+        matchers = self.requests[seq.request_id].matchers
+        if matchers is None:
+            return False
+        matcher = matchers[seq.index]
+        matcher.accept_token(seq.token_ids[-1])
+        if matcher.is_terminated() and not seq.is_finished:
+            seq.detokenizer.flush()
+            return True
+        return False
 
     def _record_time(self, metrics: RequestMetrics, seq: Sequence, now: float) -> None:
         if metrics.first_token_time is None:
@@ -70,10 +100,23 @@ class OutputProcessor:
     def _record_logprobs(self, seq: Sequence, sampled: SamplerOutput, i: int) -> None:
         token = seq.token_ids[-1]
         seq.cumulative_logprob = (seq.cumulative_logprob or 0.0) + sampled.logprobs[i]
-        entries = {token: Logprob(sampled.logprobs[i], sampled.ranks[i], self._decode(token))}
-        for rank, (tid, lp) in enumerate((sampled.top_logprobs[i] or {}).items(), start=1):
-            entries.setdefault(tid, Logprob(lp, rank, self._decode(tid)))
-        seq.logprobs.append(entries)
+        seq.logprobs.append(self._entries(token, sampled.logprobs[i], sampled.ranks[i],
+                                          sampled.top_logprobs[i]))
+
+    def _record_prompt_logprobs(self, request: Request, scored: PromptLogprobs) -> None:
+        # A prompt recomputed after preemption is scored again: the new entries replace.
+        del request.prompt_logprobs[scored.start:]
+        tokens = request.prompt_token_ids[scored.start:]
+        request.prompt_logprobs += [self._entries(*entry) for entry in zip(
+            tokens, scored.logprobs, scored.ranks, scored.top_logprobs)]
+
+    def _entries(self, token: int, logprob: float, rank: int,
+                 top: dict[int, float] | None) -> dict[int, Logprob]:
+        """The chosen token's logprob, then the top-k tokens' (rank 1 = most likely)."""
+        entries = {token: Logprob(logprob, rank, self._decode(token))}
+        for top_rank, (tid, lp) in enumerate((top or {}).items(), start=1):
+            entries.setdefault(tid, Logprob(lp, top_rank, self._decode(tid)))
+        return entries
 
     def _decode(self, token: int) -> str:
         return self.tokenizer.decode([token])
@@ -108,7 +151,8 @@ class OutputProcessor:
             outputs.append(RequestOutput(
                 request_id, request.prompt, request.prompt_token_ids,
                 [self._completion(seq) for seq in request.seqs], request.finished,
-                request.metrics, request.seqs[0].num_cached_tokens))
+                request.metrics, request.seqs[0].num_cached_tokens,
+                request.prompt_logprobs if request.params.prompt_logprobs is not None else None))
         return outputs
 
     @staticmethod

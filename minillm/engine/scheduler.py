@@ -76,6 +76,11 @@ def check_stop(seq: Sequence, eos_token_ids: list[int],
     return None
 
 
+def wants_prompt_logprobs(seq: Sequence) -> bool:
+    """Such a request computes its whole prompt, as in vLLM: no prefix-cache reuse."""
+    return seq.params is not None and seq.params.prompt_logprobs is not None
+
+
 class Scheduler:
     def __init__(self, config: EngineConfig, block_manager: BlockManager,
                  eos_token_ids: list[int], max_model_len: int):
@@ -158,13 +163,15 @@ class Scheduler:
         for seq in sorted(self.waiting, key=self.order):
             if budget == 0 or len(self.running) >= self.config.max_num_seqs or self.swapped:
                 break
-            self.block_manager.reuse_cached_prefix(seq)
+            if not wants_prompt_logprobs(seq):  # a cached block has no logits to score
+                self.block_manager.reuse_cached_prefix(seq)
             num_new = min(seq.num_uncomputed_tokens, budget)
             if not self.block_manager.allocate(seq, num_new):
                 self.block_manager.free(seq)  # let go of the cached prefix it adopted
                 seq.reset_for_recompute()
                 break
-            if self.block_manager.enable_prefix_caching:  # counted once, when admitted
+            if self.block_manager.enable_prefix_caching and not wants_prompt_logprobs(seq):
+                # counted once, when admitted
                 self.stats.prefix_cache_queries += seq.num_tokens
                 self.stats.prefix_cache_hits += seq.num_cached_tokens
             self.waiting.remove(seq)
