@@ -134,6 +134,10 @@ class SamplingParams:
         _check(self.structured_outputs is None
                or isinstance(self.structured_outputs, StructuredOutputsParams),
                "structured_outputs", self.structured_outputs, "a StructuredOutputsParams")
+        # A finished grammar allows only the end token, which min_tokens would forbid: the row
+        # would have no token left to sample.
+        _check(self.structured_outputs is None or self.min_tokens == 0, "min_tokens",
+               self.min_tokens, "0 when structured_outputs is set")
 
     def _validate_lengths(self):
         _check(self.max_tokens is None or self.max_tokens >= 1, "max_tokens", self.max_tokens,

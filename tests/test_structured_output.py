@@ -110,3 +110,9 @@ def test_a_grammar_that_does_not_compile_is_refused_and_the_engine_stays_healthy
         llm.engine.add_request("bad", "hello", params)
     assert not llm.engine.requests and not llm.engine.has_unfinished_requests()
     assert llm.generate("hello", SamplingParams(max_tokens=2), use_tqdm=False)[0].outputs[0].text
+
+
+def test_min_tokens_with_a_grammar_is_refused():
+    """A finished grammar allows only the end token, which min_tokens forbids."""
+    with pytest.raises(ValueError, match="min_tokens"):
+        SamplingParams(min_tokens=2, structured_outputs=StructuredOutputsParams(choice=["a"]))
