@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST  := $(BIN)/python -m pytest
 
-.PHONY: help setup lab serve test test-unit test-kernels test-kernels-compile test-labs \
+.PHONY: help setup lab serve test test-unit test-soak test-kernels test-kernels-compile test-labs \
         test-notebooks test-fallback docs docs-serve notebooks grade bench clean
 
 help:
@@ -36,7 +36,11 @@ test: $(STAMP) test-unit test-fallback test-kernels test-kernels-compile test-la
 	@echo "make test: all suites passed"
 
 test-unit: $(STAMP)
-	$(PYTEST) tests -m "not kernels and not compile and not browser" -q
+	$(PYTEST) tests -m "not kernels and not compile and not browser and not soak" -q
+
+# 2,000 requests against the server, its memory growth printed (not in `make test`: minutes).
+test-soak: $(STAMP)
+	$(PYTEST) tests -m soak -q -rxX
 
 # The engine tests again with oneDNN packing and the C attention kernel switched off: the paths a
 # CPU without AVX-512 or without a C compiler takes, tested on every machine. Left out: tests that

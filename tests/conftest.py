@@ -12,6 +12,8 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "compile: Triton kernels compiled for real GPUs")
     config.addinivalue_line("markers", "browser: the built docs site in headless Chromium")
     config.addinivalue_line("markers", "cuda: needs an NVIDIA GPU (tools/gpu_acceptance.sh)")
+    config.addinivalue_line("markers", "soak: thousands of requests against the server (make "
+                                       "test-soak; not in make test)")
 
 
 @pytest.fixture(scope="session", params=sorted(CONFIGS))
