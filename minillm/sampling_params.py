@@ -57,6 +57,7 @@ class SamplingParams:
         first prompt token's entry is None). Such a request never reuses the prefix cache (as
         in vLLM): a cached block was never run through the model, so it has no logits.
     logit_bias: token id -> a bias in [-100, 100], added to that token's logit before sampling.
+    truncate_prompt_tokens: keep only the last k tokens of the prompt (left truncation).
     structured_outputs: a grammar the output must follow (JSON schema, regex, choice, EBNF);
         see `minillm.structured_output`.
     skip_special_tokens: leave special tokens out of the returned text.
@@ -80,6 +81,7 @@ class SamplingParams:
     logprobs: int | None = None
     prompt_logprobs: int | None = None
     logit_bias: dict[int, float] | None = None
+    truncate_prompt_tokens: int | None = None
     structured_outputs: StructuredOutputsParams | None = None
     skip_special_tokens: bool = True
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
@@ -140,6 +142,9 @@ class SamplingParams:
                self.min_tokens, "0 when structured_outputs is set")
 
     def _validate_lengths(self):
+        truncate = self.truncate_prompt_tokens
+        _check(truncate is None or (isinstance(truncate, int) and truncate >= 1),
+               "truncate_prompt_tokens", truncate, "None or an integer of at least 1")
         _check(self.max_tokens is None or self.max_tokens >= 1, "max_tokens", self.max_tokens,
                "None or at least 1")
         _check(self.min_tokens >= 0, "min_tokens", self.min_tokens, "at least 0")

@@ -116,6 +116,8 @@ class LLMEngine:
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
         text, ids = self._tokenize(prompt)
+        if params.truncate_prompt_tokens is not None:  # keep the end: the part next to the output
+            ids = ids[-params.truncate_prompt_tokens:]
         self._validate(ids, params)
         # One matcher per sample, made before anything is queued: a bad grammar raises here.
         matchers = (None if params.structured_outputs is None else
