@@ -4,8 +4,11 @@ The model gives one row of logits per sequence ([num_rows, vocab], float32); the
 each row into one token. The reference is `minillm/sampling.py`; `sample` (task 6.6) applies the
 steps in this order, the same as vLLM v1:
 
-1. logprobs from the raw distribution, `log_softmax(logits)`, before anything changes it;
-2. min_tokens (6.1): EOS and stop tokens forbidden while the output is too short;
+0. rows with a grammar (structured outputs, given: `apply_allowed_tokens`) lose the tokens it
+   forbids;
+1. logprobs from the raw distribution, `log_softmax(logits)`, before anything else changes it;
+2. min_tokens (6.1): EOS and stop tokens forbidden while the output is too short; then each
+   row's `logit_bias` is added (given: `apply_logit_bias`);
 3. penalties (6.2): repetition (prompt and output), then frequency and presence (output only);
 4. greedy rows (temperature 0) take the argmax;
 5. the other rows: temperature (6.3), then top-k and top-p (6.4), then min-p (6.5);
@@ -19,7 +22,9 @@ from __future__ import annotations
 
 import torch
 
-from minillm.sampling import SamplerOutput, top_logprobs  # given: the result type, logprob lists
+# Given: the result type, the logprob lists, the grammar mask and logit_bias.
+from minillm.sampling import (AllowedTokens, SamplerOutput, apply_allowed_tokens,
+                              apply_logit_bias, top_logprobs)
 from minillm.sampling_params import SamplingParams
 
 # Cumulative sums in float32 are off by about 1e-7; a set whose mass reaches top_p up to this
@@ -102,13 +107,15 @@ def apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
 @torch.inference_mode()
 def sample(logits: torch.Tensor, params: list[SamplingParams], prompt_ids: list[list[int]],
            output_ids: list[list[int]], generators: list[torch.Generator],
-           eos_token_ids: list[int]) -> SamplerOutput:
+           eos_token_ids: list[int], allowed: AllowedTokens | None = None) -> SamplerOutput:
     """Choose one token for each row of `logits` ([num_rows, vocab], float32).
 
     Row i belongs to a sequence with `params[i]`, prompt `prompt_ids[i]` and the tokens it has
     generated so far, `output_ids[i]`; `generators[i]` is the only source of its randomness.
-    Apply steps 1-6 of this module's docstring with your functions above:
+    Apply steps 0-6 of this module's docstring with your functions above:
 
+    - if `allowed` is not None, `apply_allowed_tokens(logits, allowed)` first; after min_tokens,
+      `apply_logit_bias(logits, params)` if some row has a `logit_bias`;
     - logprobs only if some row has `params[i].logprobs` set (not None): `log_softmax` of the
       logits as given; `SamplerOutput.logprobs[i]` is the chosen token's, `ranks[i]` its rank
       (1 + how many tokens have a larger logprob), `top_logprobs(raw_logprobs, params)` the

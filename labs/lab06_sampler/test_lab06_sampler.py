@@ -241,6 +241,16 @@ def test_top_p_on_its_boundary(impl, top_p, kept):
 
 
 @pytest.mark.task6_4
+def test_top_p_is_taken_over_what_top_k_kept(impl):
+    probs = [0.3, 0.2, 0.2, 0.1, 0.1, 0.1]
+    logits = torch.tensor([probs]).log()
+    got = impl.apply_top_k_top_p(logits, torch.tensor([2]), torch.tensor([0.5]))
+    ids = torch.nonzero(got[0] > NEG_INF).flatten().tolist()
+    assert ids == [0], (f"top_k 2 then top_p 0.5 over probabilities {probs}: kept {ids}, expected "
+                        f"[0] (top-k leaves [0.6, 0.4] once renormalised; 0.6 reaches 0.5)")
+
+
+@pytest.mark.task6_4
 def test_top_p_one_keeps_a_long_tail(impl, rng):
     vocab = 400
     logits = random_logits(rng, 3, vocab)
@@ -366,7 +376,13 @@ def test_greedy_rows_take_the_argmax_after_min_tokens_and_penalties(impl, rng):
                              frequency_penalty=rng.choice([0.0, 1.0]),
                              presence_penalty=rng.choice([0.0, 2.0]), min_tokens=2)
               for _ in range(rows)]
-    eos = [int(logits[r].argmax()) for r in range(1)]  # row 0's favourite is EOS
+    eos = [int(logits[0].argmax())]  # row 0's favourite is EOS, and row 0 has no output yet
+    outputs[0] = []
+    favourite, second = logits[1].topk(2).indices.tolist()  # row 1's favourite is in its prompt,
+    logits[1] = logits[1].clamp(max=1.0)  # and a penalty of 3 takes it below others
+    logits[1, favourite], logits[1, second] = 2.0, 1.5
+    prompts[1][0] = favourite
+    params[1] = SamplingParams(temperature=0, repetition_penalty=3.0, min_tokens=2)
     got = run_sample(impl, logits, params, prompts, outputs, eos=eos).token_ids
     masked = torch.where(expected_min_tokens_keep(logits, params, outputs, eos), logits, NEG_INF)
     penalised = expected_penalties(
