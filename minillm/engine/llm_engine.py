@@ -119,15 +119,11 @@ class LLMEngine:
         if params.truncate_prompt_tokens is not None:  # keep the end: the part next to the output
             ids = ids[-params.truncate_prompt_tokens:]
         self._validate(ids, params)
-        # One matcher per sample, made before anything is queued: a bad grammar raises here.
-        matchers = (None if params.structured_outputs is None else
-                    [self.grammars.matcher(params.structured_outputs) for _ in range(params.n)])
         metrics = RequestMetrics(arrival_time or time.monotonic())
         seqs = [self._new_sequence(request_id, ids, params, index, priority, metrics.arrival_time)
                 for index in range(params.n)]
         seqs[0].forks = seqs[1:]
-        self.output_processor.add(Request(request_id, text, ids, params, metrics, seqs,
-                                          matchers=matchers))
+        self.output_processor.add(Request(request_id, text, ids, params, metrics, seqs))
         self.scheduler.add(seqs[0])
 
     def _tokenize(self, prompt) -> tuple[str | None, list[int]]:
@@ -158,14 +154,18 @@ class LLMEngine:
 
     def _new_sequence(self, request_id: str, ids: list[int], params: SamplingParams, index: int,
                       priority: int, arrival_time: float) -> Sequence:
-        """Sample `index` of a request, with its own random generator (seed + index if seeded)
-        and detokenizer."""
+        """Sample `index` of a request, with its own random generator (seed + index if seeded),
+        detokenizer and grammar matcher (structured outputs; a bad grammar raises here, before
+        anything is queued)."""
         seed = (params.seed + index if params.seed is not None
                 else int(torch.randint(0, 2**62, (1,), generator=self._seed_source)))
-        return Sequence(ids, self.config.block_size, params, request_id, index, priority,
-                        arrival_time, torch.Generator(self.device).manual_seed(seed),
-                        IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens,
-                                               params.stop))
+        seq = Sequence(ids, self.config.block_size, params, request_id, index, priority,
+                       arrival_time, torch.Generator(self.device).manual_seed(seed),
+                       IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens,
+                                              params.stop))
+        if params.structured_outputs is not None:
+            seq.grammar = self.grammars.matcher(params.structured_outputs)
+        return seq
 
     def abort_request(self, request_id: str) -> None:
         """Stop a request wherever it is (waiting, running, swapped) and free its blocks."""

@@ -29,7 +29,6 @@ class Request:
     metrics: RequestMetrics
     seqs: list[Sequence]
     prompt_logprobs: list[dict[int, Logprob] | None] = field(default_factory=lambda: [None])
-    matchers: list | None = None  # with structured outputs: each sample's grammar state
 
     @property
     def finished(self) -> bool:
@@ -67,25 +66,18 @@ class OutputProcessor:
 
     def allowed_tokens(self, seqs: list[Sequence], vocab_size: int) -> AllowedTokens | None:
         """The grammar masks of the sequences about to sample that have a grammar."""
-        rows, matchers = [], []
-        for row, seq in enumerate(seqs):
-            request = self.requests[seq.request_id]
-            if request.matchers is not None:
-                rows.append(row)
-                matchers.append(request.matchers[seq.index])
+        rows = [row for row, seq in enumerate(seqs) if seq.grammar is not None]
         if not rows:
             return None
-        return AllowedTokens(rows, fill_bitmask(matchers, vocab_size))
+        return AllowedTokens(rows, fill_bitmask([seqs[row].grammar for row in rows], vocab_size))
 
     def _advance_grammar(self, seq: Sequence) -> bool:
         """Feed the new token to the sequence's grammar; True if the grammar has ended (it
         accepted an end token) while the sequence still runs (e.g. with `ignore_eos`)."""
-        matchers = self.requests[seq.request_id].matchers
-        if matchers is None:
+        if seq.grammar is None:
             return False
-        matcher = matchers[seq.index]
-        matcher.accept_token(seq.token_ids[-1])
-        if matcher.is_terminated() and not seq.is_finished:
+        seq.grammar.accept_token(seq.token_ids[-1])
+        if seq.grammar.is_terminated() and not seq.is_finished:
             seq.detokenizer.flush()
             return True
         return False

@@ -1,5 +1,5 @@
 """A sequence: one sample of one request - its tokens, where its KV cache lives, and the state
-that turns its tokens into output (its random generator, detokenizer and logprobs).
+that turns its tokens into output (its random generator, detokenizer, grammar matcher, logprobs).
 
     WAITING ──schedule──► RUNNING ──finish──► FINISHED
        ▲                   │   ▲
@@ -48,6 +48,7 @@ class Sequence:
         # Output state: the sampler draws from `generator` alone (seeded requests reproduce);
         # the output processor grows the text and the logprobs.
         self.generator, self.detokenizer = generator, detokenizer
+        self.grammar = None  # structured outputs: the grammar matcher of this sample
         self.logprobs: list[dict] = []  # per output token, when params.logprobs is set
         self.cumulative_logprob: float | None = None
 
