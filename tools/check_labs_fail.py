@@ -16,7 +16,7 @@ minillm's reference), then this script, which
 A mutant is a list of (text of the reference, its replacement); if the reference changed so that
 the text is no longer there exactly once, the script says so and fails: update the mutant.
 
-Exit status 0 when all hold, 1 otherwise, with a table of tasks and one line per mutant.
+`python tools/check_labs_fail.py lab04` checks one lab only. Exit status 0 when all hold, 1 otherwise, with a table of tasks and one line per mutant.
 """
 from __future__ import annotations
 
@@ -287,10 +287,11 @@ MUTANTS: dict[str, list[Mutant]] = {
 }
 
 
-def lab_modules() -> list[tuple[Path, str, str]]:
-    """(test file, STARTER file name, REFERENCE module) for every lab test module."""
+def lab_modules(only: str = "") -> list[tuple[Path, str, str]]:
+    """(test file, STARTER file name, REFERENCE module) for every lab test module (or one lab's:
+    `only` is a folder name such as "lab03_paged_blocks" or its prefix "lab03")."""
     found = []
-    for test in sorted(LABS.glob("lab*/test_*.py")):
+    for test in sorted(LABS.glob((only + "*" if only else "lab*") + "/test_*.py")):
         names = {}
         for node in ast.parse(test.read_text()).body:
             if isinstance(node, ast.Assign) and len(node.targets) == 1 \
@@ -399,8 +400,9 @@ def mutant_problems(folder: str, mutants: list[Mutant], test: Path, reference: s
     return problems
 
 
-def main() -> int:
-    labs = lab_modules()
+def main(argv: list[str]) -> int:
+    only = argv[0] if argv else ""  # `check_labs_fail.py lab04`: one lab only
+    labs = lab_modules(only)
     if not labs:
         print("no lab tests found under labs/")
         return 1
@@ -408,7 +410,7 @@ def main() -> int:
     for test, starter, reference in labs:
         problems += signature_problems(test.parent / starter, reference)
 
-    plugin = run_pytest([str(LABS), "--integration"])
+    plugin = run_pytest([*sorted({str(test.parent) for test, _, _ in labs}), "--integration"])
     if not plugin.outcomes:
         problems.append("no lab test ran against the starter files")
     print(f"\n{'task':12} {'failed':>7} {'passed':>7}  against the starter files")
@@ -435,9 +437,9 @@ def main() -> int:
         print("\nthe labs lack teeth:\n  " + "\n  ".join(problems))
         return 1
     print(f"\nall {len(plugin.outcomes)} tasks fail on the starter files and all "
-          f"{sum(len(m) for m in MUTANTS.values())} mutants fail their own task, as they must")
+          f"{sum(len(MUTANTS[t.parent.name]) for t, _, _ in labs)} mutants fail their own task, as they must")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
