@@ -7,7 +7,9 @@ from dataclasses import fields, replace
 from tqdm.auto import tqdm
 
 from minillm.config import EngineConfig
+from minillm.engine.block_manager import BlockManager
 from minillm.engine.llm_engine import LLMEngine
+from minillm.engine.scheduler import Scheduler
 from minillm.outputs import RequestOutput
 from minillm.sampling_params import RequestOutputKind, SamplingParams
 
@@ -19,15 +21,20 @@ class LLM:
     >>> llm.generate("Once upon a time", SamplingParams(temperature=0, max_tokens=20))
     """
 
-    def __init__(self, model: str | None = None, **kwargs):
+    def __init__(self, model: str | None = None, *, scheduler_cls: type[Scheduler] = Scheduler,
+                 block_manager_cls: type[BlockManager] = BlockManager, **kwargs):
         """`model`: a Hugging Face checkpoint folder (None: the bundled model). Every other
         setting is a field of `EngineConfig`, by the same name (vLLM's): `dtype`,
-        `max_model_len`, `max_num_seqs`, `enable_prefix_caching`, `attention_backend`, ..."""
+        `max_model_len`, `max_num_seqs`, `enable_prefix_caching`, `attention_backend`, ...
+
+        `scheduler_cls`, `block_manager_cls`: the labs' grading hook, passed to `LLMEngine`
+        (a learner's `Scheduler` or `BlockManager` in place of minillm's)."""
         unknown = sorted(set(kwargs) - {f.name for f in fields(EngineConfig)})
         if unknown:
             raise TypeError(f"LLM() got unknown settings {unknown}; the settings are the fields "
                             f"of minillm.config.EngineConfig")
-        self.engine = LLMEngine(EngineConfig(model=model, **kwargs))
+        self.engine = LLMEngine(EngineConfig(model=model, **kwargs), scheduler_cls=scheduler_cls,
+                                block_manager_cls=block_manager_cls)
         self._ids = itertools.count()
 
     def get_tokenizer(self):
