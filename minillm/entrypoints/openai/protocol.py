@@ -126,7 +126,8 @@ Prompt = Annotated[Union[Annotated[str, Tag("str")],
 
 class CompletionRequest(SamplingFields):
     prompt: Prompt
-    max_tokens: int | None = Field(16, ge=1, le=INT64_MAX)  # None: up to the context length
+    # None: up to the context length; 0 (with echo only): the prompt alone
+    max_tokens: int | None = Field(16, ge=0, le=INT64_MAX)
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     echo: bool = False  # return the prompt in front of the completion
 

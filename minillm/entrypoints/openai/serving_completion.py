@@ -2,6 +2,11 @@
 
 `prompt` may be one prompt (text or token ids) or a batch; each prompt becomes one engine
 request, and its `n` samples are choices `i * n .. i * n + n - 1` of the response.
+
+`echo` with `logprobs` returns the prompt's own logprobs in front of the completion's (the
+engine's `prompt_logprobs`; the first prompt token has none: null). This is how lm-eval scores
+multiple-choice benchmarks. `max_tokens: 0` with `echo` returns the prompt alone, as vLLM does:
+the engine runs one token, which the response leaves out.
 """
 from __future__ import annotations
 
@@ -16,18 +21,17 @@ from minillm.entrypoints.openai.protocol import (CompletionChoice, CompletionLog
                                                  CompletionRequest, CompletionResponse)
 from minillm.entrypoints.openai.serving import (SSE_DONE, DeltaTracker, OpenAIServing, merge, sse,
                                                 stream_error, usage)
-from minillm.outputs import CompletionOutput, RequestOutput
+from minillm.outputs import CompletionOutput, Logprob, RequestOutput
 
 
 class OpenAIServingCompletion(OpenAIServing):
     async def create(self, request: CompletionRequest, raw: Request):
         model = self.model_name(request.model)
-        if request.echo and request.logprobs is not None:
-            raise OpenAIError(400, "echo with logprobs is not supported: the engine does not "
-                                   "compute the prompt's log-probabilities", "echo")
+        if request.max_tokens == 0 and not request.echo:
+            raise OpenAIError(400, "max_tokens must be at least 1 (0 only with echo: the prompt "
+                                   "alone)", "max_tokens")
         prompts = [await self._prompt(p, request.echo) for p in _split(request.prompt)]
-        params = [self.sampling_params(request, self.max_tokens(
-            request.max_tokens, len(p["prompt_token_ids"])), request.logprobs) for p in prompts]
+        params = [self._sampling_params(request, len(p["prompt_token_ids"])) for p in prompts]
         request_id = f"cmpl-{raw.state.request_id}"
         streams = await self.start(request_id, prompts, params, request.priority,
                                    request.stream)
@@ -35,6 +39,15 @@ class OpenAIServingCompletion(OpenAIServing):
             return StreamingResponse(self._stream(request, streams, request_id, model),
                                      media_type="text/event-stream")
         return await self._full(request, raw, streams, request_id, model)
+
+    def _sampling_params(self, request: CompletionRequest, num_prompt_tokens: int):
+        """The engine's settings; echo with logprobs also asks for the prompt's logprobs."""
+        asked = 1 if request.max_tokens == 0 else request.max_tokens  # 0: echo alone
+        max_tokens = self.max_tokens(asked, num_prompt_tokens)
+        params = self.sampling_params(request, max_tokens, request.logprobs)
+        if request.echo and request.logprobs is not None:
+            params.prompt_logprobs = request.logprobs
+        return params
 
     async def _prompt(self, prompt: str | list[int], echo: bool) -> dict:
         if not prompt:  # "" would be the BOS token alone for many tokenizers
@@ -50,7 +63,8 @@ class OpenAIServingCompletion(OpenAIServing):
                     request_id: str, model: str) -> CompletionResponse:
         await self.finish(streams, raw)
         outputs = [s.last for s in streams]
-        choices = [_choice(request, o, c, i * request.n + c.index, c.text, 0)
+        choices = [_choice(request, o, c, i * request.n + c.index, c.text, 0,
+                           self.tokenizer.decode)
                    for i, o in enumerate(outputs) for c in o.outputs]
         return CompletionResponse(id=request_id, model=model, choices=choices,
                                   usage=usage(outputs))
@@ -65,7 +79,8 @@ class OpenAIServingCompletion(OpenAIServing):
                         part = sent.new_part((i, c.index), c)
                         if part is None:
                             continue
-                        choice = _choice(request, output, c, i * request.n + c.index, *part)
+                        choice = _choice(request, output, c, i * request.n + c.index, *part,
+                                         self.tokenizer.decode)
                         yield sse(CompletionResponse(id=request_id, created=created, model=model,
                                                      choices=[choice]))
             except Exception as e:  # headers are sent: report in the stream, then end it
@@ -87,24 +102,35 @@ def _split(prompt) -> list[str | list[int]]:
 
 
 def _choice(request: CompletionRequest, output: RequestOutput, c: CompletionOutput, index: int,
-            text: str, first_token: int) -> CompletionChoice:
-    """A choice carrying `text`, which starts at token `first_token` of the completion."""
+            text: str, first_token: int, decode) -> CompletionChoice:
+    """A choice carrying `text`, which starts at token `first_token` of the completion; the
+    first one carries the echoed prompt in front. `decode`: the tokenizer's, for the text of
+    a token without logprobs."""
     offset = len(c.text) - len(text)
+    token_ids, entries = c.token_ids[first_token:], (c.logprobs or [])[first_token:]
+    if request.max_tokens == 0:  # echo alone: the one token the engine ran is left out
+        text, token_ids, entries = "", [], []
     if request.echo and first_token == 0:
-        text, offset = output.prompt + text, len(output.prompt)
-    logprobs = (_logprobs(c, first_token, offset) if request.logprobs is not None else None)
+        text, offset = output.prompt + text, 0
+        token_ids = output.prompt_token_ids + token_ids
+        entries = (output.prompt_logprobs or []) + entries
+    logprobs = (_logprobs(token_ids, entries, offset, decode) if request.logprobs is not None
+                else None)
     return CompletionChoice(index=index, text=text, logprobs=logprobs,
                             finish_reason=c.finish_reason, stop_reason=c.stop_reason)
 
 
-def _logprobs(c: CompletionOutput, first: int, text_offset: int) -> CompletionLogProbs:
-    """The legacy completions shape: parallel lists, one entry per token from `first` on."""
+def _logprobs(token_ids: list[int], entries: list[dict[int, Logprob] | None], text_offset: int,
+              decode) -> CompletionLogProbs:
+    """The legacy completions shape: parallel lists, one entry per token. A token without
+    entries (the prompt's first: nothing comes before it) has null logprobs."""
     result = CompletionLogProbs()
-    for token_id, entries in zip(c.token_ids[first:], c.logprobs[first:]):
-        chosen = entries[token_id]
-        result.tokens.append(chosen.decoded_token)
-        result.token_logprobs.append(chosen.logprob)
-        result.top_logprobs.append({e.decoded_token: e.logprob for e in entries.values()})
+    for token_id, entry in zip(token_ids, entries):
+        token = entry[token_id].decoded_token if entry else decode([token_id])
+        result.tokens.append(token)
+        result.token_logprobs.append(entry[token_id].logprob if entry else None)
+        result.top_logprobs.append({e.decoded_token: e.logprob for e in entry.values()}
+                                   if entry else None)
         result.text_offset.append(text_offset)
-        text_offset += len(chosen.decoded_token)
+        text_offset += len(token)
     return result
