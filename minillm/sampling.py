@@ -84,7 +84,7 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], prompt_ids: list[
     logits = logits.float()
     if allowed is not None:
         logits = apply_allowed_tokens(logits, allowed)
-    wanted = [p.logprobs is not None for p in params]
+    wanted = [p.logprobs is not None or p.ranks_samples for p in params]  # best_of ranks by them
     raw_logprobs = torch.log_softmax(logits, dim=-1) if any(wanted) else None
     logits = apply_min_tokens(logits, params, output_ids, eos_token_ids)
     if any(p.logit_bias for p in params):

@@ -35,6 +35,8 @@ class SamplingParams:
     """Sampling and stopping settings of one request.
 
     n: how many completions to generate for the prompt.
+    best_of: how many to sample (None: n); the n with the highest cumulative logprob are
+        returned, once all are finished (so such a request is not streamed).
     temperature: logits are divided by it; 0 (or below 1e-5) means greedy (argmax).
     top_p: keep the smallest set of top tokens whose probabilities add up to at least top_p.
     top_k: keep only the k most likely tokens; 0 or -1 disables it; a k beyond the vocabulary
@@ -47,7 +49,8 @@ class SamplingParams:
     seed: makes the request's samples reproducible, whatever else is in the batch (sample i of
         the n uses seed + i, so seed + n - 1 must fit in a signed 64-bit integer).
     stop: strings that end the completion (at most 64, each at most 4096 characters); the stop
-        string itself is not returned.
+        string itself is not returned unless include_stop_str_in_output.
+    include_stop_str_in_output: keep the stop string that ended the completion in its text.
     stop_token_ids: token ids that end the completion (besides EOS).
     ignore_eos: keep generating past EOS (for benchmarks).
     max_tokens: most tokens to generate; None means up to the model's context length.
@@ -65,6 +68,7 @@ class SamplingParams:
     """
 
     n: int = 1
+    best_of: int | None = None
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
@@ -75,6 +79,7 @@ class SamplingParams:
     seed: int | None = None
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
+    include_stop_str_in_output: bool = False
     ignore_eos: bool = False
     max_tokens: int | None = 16
     min_tokens: int = 0
@@ -100,6 +105,16 @@ class SamplingParams:
                 or self.presence_penalty != 0 or self.min_tokens > 0)
 
     @property
+    def num_samples(self) -> int:
+        """How many sequences the engine runs for the request: best_of if given, else n."""
+        return self.best_of or self.n
+
+    @property
+    def ranks_samples(self) -> bool:
+        """True when more samples run than are returned: each needs its cumulative logprob."""
+        return self.num_samples > self.n
+
+    @property
     def greedy(self) -> bool:
         """True when the token is the argmax: temperature 0 (or close enough to it)."""
         return self.temperature < GREEDY_EPS
@@ -111,6 +126,8 @@ class SamplingParams:
             # The sampler computes in float32: a value finite in Python may not be there.
             _check(abs(value) <= FLOAT32_MAX, name, value, "a finite number (in float32)")
         _check(self.n >= 1, "n", self.n, "at least 1")
+        _check(self.best_of is None or self.best_of >= self.n, "best_of", self.best_of,
+               f"None or at least n ({self.n})")
         _check(self.temperature >= 0, "temperature", self.temperature, "at least 0")
         _check(0 < self.top_p <= 1, "top_p", self.top_p, "in (0, 1]")
         _check(-1 <= self.top_k <= INT64_MAX, "top_k", self.top_k,
@@ -122,9 +139,10 @@ class SamplingParams:
                "in [-2, 2]")
         _check(np.float32(self.repetition_penalty) > 0, "repetition_penalty",
                self.repetition_penalty, "greater than 0 (and not 0 once rounded to float32)")
-        _check(self.seed is None or -INT64_MAX - 1 <= self.seed <= INT64_MAX - (self.n - 1),
-               "seed", self.seed, f"a signed 64-bit integer (with n={self.n}: at most "
-               f"{INT64_MAX - (self.n - 1)})")
+        last = self.num_samples - 1
+        _check(self.seed is None or -INT64_MAX - 1 <= self.seed <= INT64_MAX - last,
+               "seed", self.seed, f"a signed 64-bit integer (with {last + 1} samples: at most "
+               f"{INT64_MAX - last})")
         _check(self.logprobs is None or self.logprobs >= 0, "logprobs", self.logprobs,
                "None or at least 0")
         _check(self.prompt_logprobs is None or self.prompt_logprobs >= 0, "prompt_logprobs",

@@ -31,7 +31,7 @@ class IncrementalDetokenizer:
     """
 
     def __init__(self, tokenizer, prompt_ids: list[int], skip_special_tokens: bool = True,
-                 stop: list[str] | None = None):
+                 stop: list[str] | None = None, include_stop_str: bool = False):
         self.tokenizer = tokenizer
         # A fast (Rust) tokenizer decodes directly: HF's `decode` wrapper costs more than
         # decoding a handful of tokens, and it runs twice per generated token.
@@ -44,8 +44,9 @@ class IncrementalDetokenizer:
             self.token_ids = []
         self.prefix_offset = 0
         self.read_offset = len(self.token_ids)
-        self.text = ""  # all text emitted so far, cut where a stop string starts
+        self.text = ""  # all text emitted so far, cut where a stop string starts (or ends)
         self.stops = StopStrings(stop or [])
+        self.include_stop_str = include_stop_str  # cut after the stop string, not before
         self.stop_string: str | None = None  # the stop string found, if any
 
     def add(self, token_id: int, stop_strings_count: bool = True) -> str:
@@ -60,7 +61,7 @@ class IncrementalDetokenizer:
         found = self.stops.feed(new_text, report=stop_strings_count)
         if found is not None:
             at, self.stop_string = found
-            self.text = self.text[:at]
+            self.text = self.text[:at + len(self.stop_string) * self.include_stop_str]
         return new_text
 
     def visible_text(self, finished: bool) -> str:

@@ -125,7 +125,7 @@ class LLMEngine:
         self._validate(ids, params)
         metrics = RequestMetrics(arrival_time or time.monotonic())
         seqs = [self._new_sequence(request_id, ids, params, index, priority, metrics.arrival_time)
-                for index in range(params.n)]
+                for index in range(params.num_samples)]
         seqs[0].forks = seqs[1:]
         self.output_processor.add(Request(request_id, text, ids, params, metrics, seqs))
         self.scheduler.add(seqs[0])
@@ -166,7 +166,7 @@ class LLMEngine:
         seq = Sequence(ids, self.config.block_size, params, request_id, index, priority,
                        arrival_time, torch.Generator(self.device).manual_seed(seed),
                        IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens,
-                                              params.stop))
+                                              params.stop, params.include_stop_str_in_output))
         if params.structured_outputs is not None:
             seq.grammar = self.grammars.matcher(params.structured_outputs)
         return seq

@@ -7,6 +7,7 @@ outputs are built.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -142,10 +143,20 @@ class OutputProcessor:
                 continue
             outputs.append(RequestOutput(
                 request_id, request.prompt, request.prompt_token_ids,
-                [self._completion(seq) for seq in request.seqs], request.finished,
+                self._completions(request), request.finished,
                 request.metrics, request.seqs[0].num_cached_tokens,
                 request.prompt_logprobs if request.params.prompt_logprobs is not None else None))
         return outputs
+
+    def _completions(self, request: Request) -> list[CompletionOutput]:
+        """One output per sample; with `best_of` above n, the n samples with the highest
+        cumulative logprob once all are finished (before that, the first n), numbered 0..n-1."""
+        outputs = [self._completion(seq) for seq in request.seqs]
+        if not request.params.ranks_samples:
+            return outputs
+        if request.finished:
+            outputs.sort(key=lambda c: c.cumulative_logprob, reverse=True)
+        return [dataclasses.replace(c, index=i) for i, c in enumerate(outputs[:request.params.n])]
 
     @staticmethod
     def _completion(seq: Sequence) -> CompletionOutput:

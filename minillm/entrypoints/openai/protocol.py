@@ -5,6 +5,12 @@ and tools written for vLLM work unchanged. vLLM's extra sampling fields (`top_k`
 `repetition_penalty`, `stop_token_ids`, `ignore_eos`, `min_tokens`, `priority`, ...) are
 accepted too. Unknown fields are ignored, as OpenAI does.
 
+Nothing known is silently ignored: a field of OpenAI's or vLLM's API that minillm does not
+implement is declared here all the same, marked `NotSupported()`, and any value but its default
+is a 400 that names it (`suffix` is not supported by minillm). tests/test_server_fields.py
+walks every request model: each field is either marked so, or listed there with the test that
+shows it working. A new field must be one or the other.
+
 Checks that need only the body are made here, so they show in the OpenAPI schema: ranges, no
 NaN or Infinity (JSON parsers accept them), integers that fit the engine's 64-bit tensors, no
 lone surrogate in any string. The checks that need the model (vocabulary, context length) are
@@ -13,7 +19,8 @@ the server's; the rest are `SamplingParams`' own.
 from __future__ import annotations
 
 import time
-from typing import Annotated, Literal, Union
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 from pydantic_core import PydanticCustomError
@@ -48,8 +55,23 @@ def lone_surrogate(value, path: str = "") -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class NotSupported:
+    """Marks a request field minillm knows but does not implement: a value other than the
+    field's default (or one of `accepted`) is a 400 naming the field.
+    Use: `suffix: Annotated[str | None, NotSupported()] = None`."""
+
+    accepted: tuple = ()  # values besides the default that mean "nothing asked for"
+
+
+def not_supported(field) -> NotSupported | None:
+    """A model field's `NotSupported` marker, or None when the field is implemented."""
+    return next((m for m in field.metadata if isinstance(m, NotSupported)), None)
+
+
 class RequestBody(BaseModel):
-    """What every request body shares: finite floats, text that is text."""
+    """What every request body shares: finite floats, text that is text, and a 400 for a field
+    that asks for something minillm does not do."""
 
     model_config = ConfigDict(allow_inf_nan=False)
 
@@ -62,9 +84,31 @@ class RequestBody(BaseModel):
                                       "surrogate)", {"param": where})
         return data
 
+    @model_validator(mode="after")
+    def _refuse_not_supported(self):
+        for name in sorted(self.model_fields_set):
+            field = type(self).model_fields[name]
+            marker = not_supported(field)
+            value = getattr(self, name)
+            if marker and value != field.get_default(call_default_factory=True) \
+                    and value not in marker.accepted:
+                raise PydanticCustomError("not_supported", "{param}: `{param}` is not supported "
+                                          "by minillm", {"param": name})
+        return self
+
+
+Unsupported = Annotated[Any, NotSupported()]  # any JSON value; only the default is accepted
+
 
 class StreamOptions(BaseModel):
     include_usage: bool = False  # one last chunk with `choices: []` and the request's usage
+    continuous_usage_stats: bool = False  # vLLM's: the usage so far on every chunk too
+
+
+# vLLM's pattern for ids a client gives (as the X-Request-Id header): printable ASCII
+REQUEST_ID = Field(None, min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")
+LogitBias = dict[Annotated[str, Field(pattern=r"^[0-9]{1,19}$")],  # OpenAI sends "1234": 5.0
+                 Annotated[float, Field(ge=-100, le=100)]]
 
 
 class SamplingFields(RequestBody):
@@ -90,20 +134,57 @@ class SamplingFields(RequestBody):
     min_tokens: int = Field(0, ge=0, le=INT64_MAX)
     skip_special_tokens: bool = True
     priority: Int64 = 0  # lower runs sooner, with --scheduling-policy priority
+    logit_bias: LogitBias | None = None  # token id -> bias; the ids are checked by the server
+    best_of: int | None = Field(None, ge=1, le=128)  # sample this many, return the n likeliest
+    truncate_prompt_tokens: int | None = Field(None, ge=1, le=INT64_MAX)  # keep the last k
+    include_stop_str_in_output: bool = False
+    return_tokens_as_token_ids: bool | None = None  # logprobs' tokens as "token_id:1234"
+    request_id: str | None = REQUEST_ID  # names the request (else X-Request-Id, else random)
+    # known, not implemented (a 400 unless left at the default)
+    use_beam_search: Annotated[bool, NotSupported()] = False
+    length_penalty: Annotated[float, NotSupported()] = 1.0
+    spaces_between_special_tokens: Annotated[bool, NotSupported()] = True
+    allowed_token_ids: Unsupported = None
+    bad_words: Annotated[Any, NotSupported(accepted=([],))] = None
+    prompt_logprobs: Unsupported = None
+    logits_processors: Unsupported = None
+    cache_salt: Unsupported = None
+    kv_transfer_params: Unsupported = None
+    vllm_xargs: Unsupported = None
+    mm_processor_kwargs: Unsupported = None
 
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
+    @property
+    def continuous_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.continuous_usage_stats)
+
+    @model_validator(mode="after")
+    def _check_streaming(self):
+        # vLLM's rules: options for a stream need a stream; the n best of best_of samples are
+        # known only at the end (OpenAI: "results cannot be streamed")
+        if self.stream_options is not None and not self.stream:
+            raise PydanticCustomError("stream_options", "{param}: `stream_options` can only be "
+                                      "given with `stream: true`", {"param": "stream_options"})
+        if self.best_of is not None and self.best_of > self.n and self.stream:
+            raise PydanticCustomError("best_of", "{param}: `best_of` above `n` cannot be "
+                                      "streamed", {"param": "best_of"})
+        return self
+
     def sampling_params(self, max_tokens: int, logprobs: int | None) -> SamplingParams:
         """The engine's settings; SamplingParams raises ValueError for out-of-range values."""
+        bias = {int(t): b for t, b in self.logit_bias.items()} if self.logit_bias else None
         return SamplingParams(
-            n=self.n, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-            min_p=self.min_p, presence_penalty=self.presence_penalty,
+            n=self.n, best_of=self.best_of, temperature=self.temperature, top_p=self.top_p,
+            top_k=self.top_k, min_p=self.min_p, presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty, repetition_penalty=self.repetition_penalty,
             seed=self.seed, stop=self.stop, stop_token_ids=self.stop_token_ids,
+            include_stop_str_in_output=self.include_stop_str_in_output,
             ignore_eos=self.ignore_eos, max_tokens=max_tokens, min_tokens=self.min_tokens,
-            logprobs=logprobs, skip_special_tokens=self.skip_special_tokens)
+            logprobs=logprobs, logit_bias=bias, truncate_prompt_tokens=self.truncate_prompt_tokens,
+            skip_special_tokens=self.skip_special_tokens)
 
 
 # -- completions ------------------------------------------------------------------------------
@@ -130,6 +211,9 @@ class CompletionRequest(SamplingFields):
     max_tokens: int | None = Field(16, ge=0, le=INT64_MAX)
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     echo: bool = False  # return the prompt in front of the completion
+    add_special_tokens: bool = True  # vLLM's: the tokenizer's BOS in front of a text prompt
+    suffix: Unsupported = None
+    prompt_embeds: Unsupported = None
 
 
 class CompletionLogProbs(BaseModel):
@@ -190,7 +274,38 @@ class ChatCompletionRequest(SamplingFields):
     max_tokens: int | None = Field(None, ge=1, le=INT64_MAX)  # the deprecated one, still sent
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    add_generation_prompt: bool = True  # vLLM's extra: end the prompt with the assistant's turn
+    # vLLM's extras for the chat template
+    add_generation_prompt: bool = True  # end the prompt with the assistant's turn
+    continue_final_message: bool = False  # the last (assistant) message is continued, not closed
+    add_special_tokens: bool = False  # BOS on top of the template's own (it usually has one)
+    chat_template_kwargs: dict[str, Any] | None = None  # more variables for the template
+    chat_template: Unsupported = None
+    documents: Unsupported = None
+    echo: Unsupported = False
+    include_reasoning: Annotated[bool, NotSupported()] = True
+    # OpenAI's, known, not implemented
+    store: Annotated[bool | None, NotSupported(accepted=(False,))] = None
+    metadata: Unsupported = None
+    service_tier: Annotated[Any, NotSupported(accepted=("auto", "default"))] = None
+    modalities: Annotated[Any, NotSupported(accepted=(["text"],))] = None
+    audio: Unsupported = None
+    prediction: Unsupported = None
+    reasoning_effort: Unsupported = None
+    verbosity: Unsupported = None
+    web_search_options: Unsupported = None
+    functions: Unsupported = None
+    function_call: Unsupported = None
+    prompt_cache_key: Unsupported = None
+    safety_identifier: Unsupported = None
+
+    @model_validator(mode="after")
+    def _check_generation_prompt(self):
+        if self.continue_final_message and self.add_generation_prompt \
+                and "add_generation_prompt" in self.model_fields_set:
+            raise PydanticCustomError("continue_final_message", "{param}: cannot set both "
+                                      "`continue_final_message` and `add_generation_prompt` to "
+                                      "true", {"param": "continue_final_message"})
+        return self
 
 
 class TopLogprob(BaseModel):
