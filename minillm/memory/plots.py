@@ -100,3 +100,53 @@ def plot_block_tables(ax, manager, seqs: dict, colors: dict | None = None):
     ax.set_title("Block tables: " + ", ".join(f"{name} → {seq.block_table}"
                                               for name, seq in seqs.items()), fontsize=9)
     return ax
+
+
+def request_color(request_id: str) -> str:
+    """A request's colour in block maps, the same at every step (tab10 by id)."""
+    import zlib
+
+    from matplotlib import colormaps
+
+    index = int(request_id) if request_id.isdigit() else zlib.crc32(request_id.encode())
+    return colormaps["tab10"](index % 10)
+
+
+def plot_block_map(ax, snap, columns: int = 16, title: str | None = None):
+    """An engine snapshot's KV blocks as a grid (chapter 8's widget): a held block in the colour
+    of its request (one stripe per request when several share it, its reference count written
+    when above 1, a thick outline when shared), a free block blank, a cached-free block hatched.
+    `snap` is a `minillm.engine.snapshot.EngineSnapshot`."""
+    from matplotlib.patches import Patch, Rectangle
+
+    rows = -(-snap.num_blocks // columns)
+    for info in snap.blocks:
+        x, y = info.block_id % columns, info.block_id // columns
+        owners = sorted(set(info.owners), key=info.owners.index)
+        for k, owner in enumerate(owners):  # stripes, one per request
+            ax.add_patch(Rectangle((x, y + k * 0.9 / len(owners)), 0.9, 0.9 / len(owners),
+                                   color=request_color(owner)))
+        if info.state == "cached":
+            ax.add_patch(Rectangle((x, y), 0.9, 0.9, fc="#f2f2f2", ec="#888", hatch="////",
+                                   lw=0.5))
+        shared = info.state == "shared"
+        ax.add_patch(Rectangle((x, y), 0.9, 0.9, fill=False, ec="black" if shared else "#bbb",
+                               lw=2.2 if shared else 0.6))
+        label = f"{info.block_id}" + (f"\n×{info.ref_count}" if shared else "")
+        ax.text(x + 0.45, y + 0.45, label, ha="center", va="center", fontsize=6,
+                color="black" if info.state in ("free", "cached") else "white")
+    ax.set_xlim(-0.1, columns)
+    ax.set_ylim(rows, -0.1)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    held = sorted({o for b in snap.blocks for o in b.owners}, key=lambda r: (len(r), r))
+    handles = [Patch(color=request_color(r), label=f"request {r}") for r in held]
+    handles += [Patch(fc="white", ec="black", lw=2, label="shared (×refs)"),
+                Patch(fc="#f2f2f2", ec="#888", hatch="////", label="cached, free"),
+                Patch(fc="white", ec="#bbb", label="free")]
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    figures = snap.figures()
+    ax.set_title(title or f"{figures['owned'] + figures['shared']} blocks held "
+                          f"({figures['shared']} shared), {figures['cached']} cached, "
+                          f"{figures['free'] - figures['cached']} free", fontsize=9)
+    return ax
