@@ -93,6 +93,12 @@ class RequestStream:
 
 
 @dataclass
+class _Call:
+    function: object  # called with the LLMEngine, on the engine thread
+    result: asyncio.Future
+
+
+@dataclass
 class _Add:
     stream: RequestStream
     prompt: str | dict
@@ -168,6 +174,15 @@ class AsyncEngine:
             raise
         return stream
 
+    async def call(self, function):
+        """`function(engine)` run on the engine thread between two steps (the engine is not
+        thread-safe: this is how the server reads it, e.g. `snapshot`); returns its result."""
+        if not self.is_alive:
+            raise RuntimeError(f"the engine loop is not running: {self.error!r}")
+        result = self._loop.create_future()
+        self._commands.put(_Call(function, result))
+        return await result
+
     def abort(self, request_id: str, error: BaseException | None = None) -> None:
         """Stop a request and free its KV blocks; its stream, if still read, raises `error`."""
         stream = self.streams.pop(request_id, None)
@@ -223,9 +238,15 @@ class AsyncEngine:
         except queue.Empty:
             return True
 
-    def _apply(self, command: _Add | str) -> None:
+    def _apply(self, command: _Add | _Call | str) -> None:
         if isinstance(command, str):
             self.engine.abort_request(command)
+            return
+        if isinstance(command, _Call):
+            try:
+                self._call(_resolve, command.result, command.function(self.engine), None)
+            except Exception as e:
+                self._call(_resolve, command.result, None, e)
             return
         if command.stream.accepted.done():  # aborted while queued: never reaches the engine
             return
@@ -255,3 +276,11 @@ class AsyncEngine:
         """Run `callback(*args)` on the event loop (thread-safe)."""
         if not self._loop.is_closed():
             self._loop.call_soon_threadsafe(callback, *args)
+
+
+def _resolve(future: asyncio.Future, result, error: BaseException | None) -> None:
+    if not future.done():  # not cancelled meanwhile
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)

@@ -7,7 +7,8 @@
 
 Endpoints: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health,
 GET /version, GET /metrics, POST /tokenize, POST /detokenize; /openapi.json documents each one
-with every response it can send.
+with every response it can send. GET /dashboard, a live view of the engine for operators (off
+with --disable-dashboard), is not part of that API (see dashboard.py).
 
 Shutdown: the first SIGTERM (or Ctrl+C) stops admitting requests (503, /health too, so a load
 balancer stops sending them) and lets the in-flight ones finish, for at most --shutdown-timeout
@@ -37,7 +38,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 import minillm
 from minillm.engine.async_engine import AsyncEngine
 from minillm.engine.llm_engine import LLMEngine
-from minillm.entrypoints.openai import cluster_routes
+from minillm.entrypoints.openai import cluster_routes, dashboard
 from minillm.entrypoints.openai.cli_args import add_server_arguments, engine_config
 from minillm.entrypoints.openai.errors import (ERROR_RESPONSES, OpenAIError, error_response,
                                                install_error_handlers)
@@ -196,7 +197,8 @@ def openapi_schema(app: FastAPI) -> dict:
 
 def build_app(engine: LLMEngine, served_model_names: list[str], api_key: str | None = None,
               max_waiting_requests: int | None = None, stream_interval: int = 1,
-              log_requests: bool = True, max_body_bytes: int | None = None) -> FastAPI:
+              log_requests: bool = True, max_body_bytes: int | None = None,
+              enable_dashboard: bool = True) -> FastAPI:
     """The FastAPI app around an engine; the engine thread runs while the app's lifespan does."""
     async_engine = AsyncEngine(engine)
     metrics = ServerMetrics(engine.stats, served_model_names[0])
@@ -214,6 +216,9 @@ def build_app(engine: LLMEngine, served_model_names: list[str], api_key: str | N
     app.include_router(router)
     app.include_router(cluster_routes.router)
     app.include_router(v1)
+    if enable_dashboard:
+        app.state.dashboard_key = api_key
+        app.include_router(dashboard.router)
     install_error_handlers(app)
     app.openapi = functools.partial(openapi_schema, app)
     # The last added runs first: request ids around everything, the key before the body.
@@ -292,7 +297,7 @@ def main(args: argparse.Namespace) -> None:
     log_startup(engine, names)
     app = build_app(engine, names, api_key(args), args.max_waiting_requests,
                     args.stream_interval, not args.disable_log_requests,
-                    args.max_request_body_bytes)
+                    args.max_request_body_bytes, not args.disable_dashboard)
     http = functools.partial(H11HeaderTimeoutProtocol, header_timeout=args.header_read_timeout)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.uvicorn_log_level,
                             access_log=False, timeout_graceful_shutdown=SHUTDOWN_GRACE,

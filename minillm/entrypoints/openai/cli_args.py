@@ -80,6 +80,9 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
                    choices=["critical", "error", "warning", "info", "debug", "trace"])
     g.add_argument("--disable-log-requests", action="store_true",
                    help="no log line per request")
+    g.add_argument("--disable-dashboard", action="store_true",
+                   help="no /dashboard page (a read-only live view of the KV blocks and "
+                        "queues, behind --api-key when one is set); for production")
     add_engine_arguments(parser)
 
 
