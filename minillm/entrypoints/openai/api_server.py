@@ -5,8 +5,9 @@
     (request ids,   (routes)         (prompts, limits, responses, SSE)        (one engine thread)
      API key, body limit)
 
-Endpoints: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health,
-GET /version, GET /metrics, POST /tokenize, POST /detokenize; /openapi.json documents each one
+Endpoints: POST /v1/completions, POST /v1/chat/completions, POST /v1/responses (text only),
+GET /v1/models, GET /v1/models/{id}, GET /health, GET and POST /ping, GET /version,
+GET /metrics, POST /tokenize, POST /detokenize (POST /v1/embeddings answers a 400); /openapi.json documents each one
 with every response it can send. GET /dashboard, a live view of the engine for operators (off
 with --disable-dashboard), is not part of that API (see dashboard.py).
 
@@ -49,10 +50,12 @@ from minillm.entrypoints.openai.protocol import (ChatCompletionRequest, ChatComp
                                                  CompletionRequest, CompletionResponse,
                                                  DetokenizeRequest, DetokenizeResponse,
                                                  HealthResponse, ModelCard, ModelList,
+                                                 ResponseObject, ResponsesRequest,
                                                  TokenizeRequest, TokenizeResponse,
                                                  VersionResponse)
 from minillm.entrypoints.openai.serving_chat import OpenAIServingChat
 from minillm.entrypoints.openai.serving_completion import OpenAIServingCompletion
+from minillm.entrypoints.openai.serving_responses import OpenAIServingResponses
 
 logger = logging.getLogger("minillm.server")
 
@@ -70,6 +73,7 @@ class ServerState:
     chat: OpenAIServingChat
     served_model_names: list[str]
     draining: bool = False  # after SIGTERM: no new requests
+    responses: OpenAIServingResponses | None = None
 
 
 def state(raw: Request) -> ServerState:
@@ -111,11 +115,41 @@ async def chat_completions(request: ChatCompletionRequest, raw: Request):
     return await state(raw).chat.create(request, raw)
 
 
+@v1.post("/responses", dependencies=[Depends(check_accepting)], response_model=None,
+         responses={**generated(ResponseObject), 200: {
+             "model": ResponseObject, "description": "The response; with `stream: true`, "
+             "server-sent events of the Responses API (`event: response.created` ... "
+             "`event: response.completed`)",
+             "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
+async def responses(request: ResponsesRequest, raw: Request):
+    """OpenAI's Responses API for text in, text out (see serving_responses.py)."""
+    return await state(raw).responses.create_response(request, raw)
+
+
+@v1.post("/embeddings", responses=errors(400))
+async def embeddings(raw: Request) -> None:
+    """vLLM serves embeddings with an embedding model only; minillm's models generate."""
+    raise OpenAIError(400, "The model does not support the Embeddings API: minillm serves "
+                           "generative models only", "model")
+
+
 @v1.get("/models")
 async def models(raw: Request) -> ModelList:
     s = state(raw)
-    return ModelList(data=[ModelCard(id=name, root=name, max_model_len=s.chat.max_model_len)
-                           for name in s.served_model_names])
+    return ModelList(data=[model_card(s, name) for name in s.served_model_names])
+
+
+@v1.get("/models/{model_id:path}", responses=errors(404))
+async def model(model_id: str, raw: Request) -> ModelCard:
+    """The openai client's `models.retrieve(id)`."""
+    s = state(raw)
+    if model_id not in s.served_model_names:
+        raise OpenAIError(404, f"The model `{model_id}` does not exist.", "model")
+    return model_card(s, model_id)
+
+
+def model_card(s: ServerState, name: str) -> ModelCard:
+    return ModelCard(id=name, root=name, max_model_len=s.chat.max_model_len)
 
 
 @router.get("/health", responses=errors(503))
@@ -127,6 +161,12 @@ async def health(raw: Request) -> HealthResponse:
     if not s.engine.is_alive:
         raise OpenAIError(503, "the engine loop is not running")
     return HealthResponse()
+
+
+@router.api_route("/ping", methods=["GET", "POST"], responses=errors(503))
+async def ping(raw: Request) -> HealthResponse:
+    """vLLM's /ping (SageMaker's health check): the same answer as /health."""
+    return await health(raw)
 
 
 @router.get("/version")
@@ -213,6 +253,7 @@ def build_app(engine: LLMEngine, served_model_names: list[str], api_key: str | N
     app = FastAPI(title="minillm", version=minillm.__version__, lifespan=lifespan)
     app.state.minillm = ServerState(async_engine, metrics, OpenAIServingCompletion(*serving),
                                     OpenAIServingChat(*serving), served_model_names)
+    app.state.minillm.responses = OpenAIServingResponses(*serving)
     app.include_router(router)
     app.include_router(cluster_routes.router)
     app.include_router(v1)

@@ -100,6 +100,11 @@ class RequestBody(BaseModel):
 Unsupported = Annotated[Any, NotSupported()]  # any JSON value; only the default is accepted
 
 
+def is_none(value) -> bool:
+    """For `Field(exclude_if=...)`: an unset field is left out of a chunk, not sent as null."""
+    return value is None
+
+
 class StreamOptions(BaseModel):
     include_usage: bool = False  # one last chunk with `choices: []` and the request's usage
     continuous_usage_stats: bool = False  # vLLM's: the usage so far on every chunk too
@@ -159,7 +164,8 @@ class SamplingFields(RequestBody):
 
     @property
     def continuous_usage(self) -> bool:
-        return bool(self.stream_options and self.stream_options.continuous_usage_stats)
+        """Usage on every chunk: vLLM asks for both options."""
+        return self.include_usage and self.stream_options.continuous_usage_stats
 
     @model_validator(mode="after")
     def _check_streaming(self):
@@ -248,7 +254,7 @@ class CompletionResponse(BaseModel):
     created: int = Field(default_factory=lambda: int(time.time()))
     model: str
     choices: list[CompletionChoice]
-    usage: UsageInfo | None = None
+    usage: UsageInfo | None = Field(None, exclude_if=is_none)  # a chunk without it leaves it out
 
 
 # -- chat -------------------------------------------------------------------------------------
@@ -328,8 +334,10 @@ class AssistantMessage(BaseModel):
 
 
 class DeltaMessage(BaseModel):
-    role: str | None = None
-    content: str | None = None
+    """A stream's increment: `role` on a choice's first chunk only, as OpenAI and vLLM send."""
+
+    role: str | None = Field(None, exclude_if=is_none)
+    content: str | None = Field(None, exclude_if=is_none)
 
 
 class ChatCompletionChoice(BaseModel):
@@ -363,7 +371,130 @@ class ChatCompletionChunk(BaseModel):
     created: int
     model: str
     choices: list[ChatStreamChoice]
-    usage: UsageInfo | None = None
+    usage: UsageInfo | None = Field(None, exclude_if=is_none)
+
+
+# -- responses (a minimal /v1/responses: text in, text out) ----------------------------------
+class InputText(BaseModel):
+    type: Literal["input_text", "output_text"] = "input_text"
+    text: str
+
+
+class InputMessage(BaseModel):
+    type: Literal["message"] = "message"
+    role: Literal["user", "assistant", "system", "developer"]
+    content: str | list[InputText]
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content
+
+
+class ResponsesRequest(RequestBody):
+    """OpenAI's Responses API, the text part: the rest is declared and refused."""
+
+    model: str | None = None
+    input: str | list[InputMessage]
+    instructions: str | None = None  # a system message in front of the input
+    max_output_tokens: int | None = Field(None, ge=1, le=INT64_MAX)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    stream: bool = False
+    user: str | None = None
+    request_id: str | None = REQUEST_ID  # vLLM's: the response is resp_<request_id>
+    background: Annotated[bool | None, NotSupported(accepted=(False,))] = None
+    conversation: Unsupported = None
+    include: Annotated[Any, NotSupported(accepted=([],))] = None
+    max_tool_calls: Unsupported = None
+    metadata: Unsupported = None
+    parallel_tool_calls: Annotated[bool | None, NotSupported(accepted=(True,))] = None
+    previous_response_id: Unsupported = None
+    prompt: Unsupported = None
+    prompt_cache_key: Unsupported = None
+    reasoning: Unsupported = None
+    safety_identifier: Unsupported = None
+    service_tier: Annotated[Any, NotSupported(accepted=("auto", "default"))] = None
+    store: Annotated[bool | None, NotSupported(accepted=(False,))] = None  # nothing is kept
+    stream_options: Unsupported = None
+    text: Annotated[Any, NotSupported(accepted=({"format": {"type": "text"}},))] = None
+    tool_choice: Annotated[Any, NotSupported(accepted=("none", "auto"))] = None
+    tools: Annotated[Any, NotSupported(accepted=([],))] = None
+    top_logprobs: Annotated[Any, NotSupported(accepted=(0,))] = None
+    truncation: Annotated[Any, NotSupported(accepted=("disabled",))] = None
+    priority: Annotated[int, NotSupported()] = 0
+    cache_salt: Unsupported = None
+    mm_processor_kwargs: Unsupported = None
+
+    def sampling_params(self, max_tokens: int, logprobs: None = None) -> SamplingParams:
+        return SamplingParams(temperature=1.0 if self.temperature is None else self.temperature,
+                              top_p=1.0 if self.top_p is None else self.top_p,
+                              max_tokens=max_tokens)
+
+    def messages(self) -> list[ChatMessage]:
+        said = ([InputMessage(role="user", content=self.input)] if isinstance(self.input, str)
+                else self.input)
+        system = [ChatMessage(role="system", content=self.instructions)] * bool(self.instructions)
+        return system + [ChatMessage(role=m.role, content=m.text()) for m in said]
+
+
+class OutputText(BaseModel):
+    type: Literal["output_text"] = "output_text"
+    text: str
+    annotations: list = []
+
+
+class OutputMessage(BaseModel):
+    type: Literal["message"] = "message"
+    id: str
+    status: Literal["in_progress", "completed", "incomplete"]
+    role: Literal["assistant"] = "assistant"
+    content: list[OutputText]
+
+
+class ResponseUsage(BaseModel):
+    input_tokens: int
+    input_tokens_details: dict[str, int]  # cached_tokens
+    output_tokens: int
+    output_tokens_details: dict[str, int]  # reasoning_tokens (none here)
+    total_tokens: int
+
+
+class ResponseObject(BaseModel):
+    id: str
+    object: Literal["response"] = "response"
+    created_at: int
+    status: Literal["in_progress", "completed", "incomplete"]
+    incomplete_details: dict[str, str] | None = None  # {"reason": "max_output_tokens"}
+    error: None = None
+    model: str
+    instructions: str | None = None
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    output: list[OutputMessage]
+    parallel_tool_calls: bool = True
+    tool_choice: str = "none"
+    tools: list = []
+    metadata: dict = {}
+    usage: ResponseUsage | None = None
+
+
+class ResponseEvent(BaseModel):
+    """One server-sent event of a streamed response (`type` names it; the fields it carries
+    depend on the type, as in OpenAI's API)."""
+
+    type: str
+    sequence_number: int
+    response: ResponseObject | None = Field(None, exclude_if=is_none)
+    output_index: int | None = Field(None, exclude_if=is_none)
+    content_index: int | None = Field(None, exclude_if=is_none)
+    item_id: str | None = Field(None, exclude_if=is_none)
+    item: OutputMessage | None = Field(None, exclude_if=is_none)
+    part: OutputText | None = Field(None, exclude_if=is_none)
+    delta: str | None = Field(None, exclude_if=is_none)
+    text: str | None = Field(None, exclude_if=is_none)
+    logprobs: list | None = Field(None, exclude_if=is_none)
 
 
 # -- models, tokenizer, errors ----------------------------------------------------------------

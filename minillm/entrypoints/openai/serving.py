@@ -93,18 +93,38 @@ class OpenAIServing:
         """The engine's settings; SamplingParams' ValueError (`top_k must be ...`) is a 400
         naming the field."""
         try:
-            return request.sampling_params(max_tokens, logprobs)
+            params = request.sampling_params(max_tokens, logprobs)
         except ValueError as e:
             field = str(e).split(" ", 1)[0]
             raise OpenAIError(400, str(e), field if field in type(request).model_fields
                               else None) from e
+        self.check_token_ids(list(params.logit_bias or {}), "logit_bias")
+        return params
+
+    async def truncated(self, prompt: dict, keep: int | None) -> dict:
+        """vLLM's `truncate_prompt_tokens`: only the prompt's last `keep` tokens (the part next
+        to the output), before the context length is checked; the text is theirs."""
+        ids = prompt["prompt_token_ids"]
+        if keep is None or len(ids) <= keep:
+            return prompt
+        ids = ids[-keep:]
+        text = await asyncio.to_thread(self.tokenizer.decode, ids) if prompt["prompt"] else None
+        return {"prompt": text, "prompt_token_ids": ids}
+
+    def request_id(self, request, raw: Request) -> str:
+        """The body's `request_id` (vLLM's), else the X-Request-Id header, else a random one;
+        logged with the request's `user`, which is what OpenAI's `user` is for."""
+        request_id = request.request_id or raw.state.request_id
+        if request.user is not None:
+            logger.info("request %s: user %r", request_id, request.user)
+        return request_id
 
     def _admit(self, params: list[SamplingParams]) -> None:
         """Refuse work the server cannot queue: better a fast 429 than an unbounded wait. The
         queue is counted in sequences: a request for n samples of each of p prompts is p * n."""
         if not self.engine.is_alive:
             raise OpenAIError(503, "the engine loop is not running")
-        limit, count = self.max_waiting_requests, sum(p.n for p in params)
+        limit, count = self.max_waiting_requests, sum(p.num_samples for p in params)
         if limit is None:
             return
         if count > limit:
@@ -241,6 +261,12 @@ def stream_error(request_id: str, e: Exception) -> str:
         status = 500
         logger.error("request %s: stream failed", request_id, exc_info=e)
     return sse(error_body(status, f"{type(e).__name__}: {e}")) + SSE_DONE
+
+
+def token_name(logprob, token_id: int, as_id: bool | None) -> str:
+    """A logprob entry's token as the client sees it: its text, or with vLLM's
+    `return_tokens_as_token_ids` "token_id:1234" (a partial character has no text of its own)."""
+    return f"token_id:{token_id}" if as_id else logprob.decoded_token
 
 
 def usage(outputs: list[RequestOutput]) -> UsageInfo:

@@ -6,6 +6,7 @@ content deltas; the last chunk of a choice carries its `finish_reason`.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 
 from fastapi import Request
@@ -19,7 +20,7 @@ from minillm.entrypoints.openai.protocol import (AssistantMessage, ChatCompletio
                                                  ChatLogprobs, ChatMessage, ChatStreamChoice,
                                                  DeltaMessage, TopLogprob)
 from minillm.entrypoints.openai.serving import (SSE_DONE, DeltaTracker, OpenAIServing, merge, sse,
-                                                stream_error, usage)
+                                                stream_error, token_name, usage)
 from minillm.outputs import CompletionOutput
 
 
@@ -28,13 +29,16 @@ class OpenAIServingChat(OpenAIServing):
         model = self.model_name(request.model)
         if request.top_logprobs is not None and not request.logprobs:
             raise OpenAIError(400, "top_logprobs needs logprobs: true", "top_logprobs")
-        prompt = await self.render(request.messages, request.add_generation_prompt)
+        prompt = await self.truncated(await self.render(
+            request.messages, request.add_generation_prompt, request.continue_final_message,
+            request.chat_template_kwargs, request.add_special_tokens),
+            request.truncate_prompt_tokens)
         requested = (request.max_tokens if request.max_completion_tokens is None
                      else request.max_completion_tokens)
         top = (request.top_logprobs or 0) if request.logprobs else None
         params = self.sampling_params(
             request, self.max_tokens(requested, len(prompt["prompt_token_ids"])), top)
-        request_id = f"chatcmpl-{raw.state.request_id}"
+        request_id = f"chatcmpl-{self.request_id(request, raw)}"
         streams = await self.start(request_id, [prompt], [params], request.priority,
                                    request.stream)
         if request.stream:
@@ -42,19 +46,29 @@ class OpenAIServingChat(OpenAIServing):
                                      media_type="text/event-stream")
         return await self._full(request, raw, streams, request_id, model)
 
-    async def render(self, messages: list[ChatMessage], add_generation_prompt: bool) -> dict:
-        """The prompt the model was trained to see: text and token ids."""
+    async def render(self, messages: list[ChatMessage], add_generation_prompt: bool,
+                     continue_final_message: bool = False, template_kwargs: dict | None = None,
+                     add_special_tokens: bool = False) -> dict:
+        """The prompt the model was trained to see: text and token ids. With
+        `continue_final_message` the last message is left open, for the model to go on with;
+        `template_kwargs` are more variables for the template (vLLM's `chat_template_kwargs`)."""
         if not self.tokenizer.chat_template:
             raise OpenAIError(400, "this model has no chat template: use /v1/completions")
+        taken = set(inspect.signature(self.tokenizer.apply_chat_template).parameters)
+        for key in template_kwargs or {}:  # variables only, not the renderer's own arguments
+            if key in taken:
+                raise OpenAIError(400, f"`{key}` cannot be set through chat_template_kwargs",
+                                  f"chat_template_kwargs.{key}")
         conversation = [{"role": m.role, "content": m.text()} for m in messages]
         try:  # a template renders in Python: long messages take a while, so off the loop too
-            text = await asyncio.to_thread(self.tokenizer.apply_chat_template, conversation,
-                                           tokenize=False,
-                                           add_generation_prompt=add_generation_prompt)
+            text = await asyncio.to_thread(
+                self.tokenizer.apply_chat_template, conversation, tokenize=False,
+                add_generation_prompt=add_generation_prompt and not continue_final_message,
+                continue_final_message=continue_final_message, **(template_kwargs or {}))
         except Exception as e:  # the template's own checks (roles, order) raise
             raise OpenAIError(400, f"cannot apply the chat template: {e}", "messages") from e
         # The template already wrote any special tokens (BOS) the model expects.
-        return {"prompt": text, "prompt_token_ids": await self.encode(text, False)}
+        return {"prompt": text, "prompt_token_ids": await self.encode(text, add_special_tokens)}
 
     async def _full(self, request: ChatCompletionRequest, raw: Request,
                     streams: list[RequestStream], request_id: str, model: str):
@@ -84,7 +98,8 @@ class OpenAIServingChat(OpenAIServing):
                     for c in output.outputs:
                         part = sent.new_part((0, c.index), c)
                         if part is not None:
-                            yield chunk([_stream_choice(request, c, *part)])
+                            so_far = usage([output]) if request.continuous_usage else None
+                            yield chunk([_stream_choice(request, c, *part)], usage=so_far)
             except Exception as e:  # headers are sent: report in the stream, then end it
                 yield stream_error(request_id, e)
                 return
@@ -107,11 +122,12 @@ def _logprobs(request: ChatCompletionRequest, c: CompletionOutput,
         return None
     content = []
     for token_id, entries in zip(c.token_ids[first:], c.logprobs[first:]):
+        as_ids = request.return_tokens_as_token_ids
+        best = sorted(entries.items(), key=lambda item: item[1].rank)[:request.top_logprobs or 0]
         chosen = entries[token_id]
-        best = sorted(entries.values(), key=lambda e: e.rank)[:request.top_logprobs or 0]
         content.append(ChatLogprob(
-            token=chosen.decoded_token, logprob=chosen.logprob,
+            token=token_name(chosen, token_id, as_ids), logprob=chosen.logprob,
             bytes=list(chosen.decoded_token.encode()),
-            top_logprobs=[TopLogprob(token=e.decoded_token, logprob=e.logprob,
-                                     bytes=list(e.decoded_token.encode())) for e in best]))
+            top_logprobs=[TopLogprob(token=token_name(e, t, as_ids), logprob=e.logprob,
+                                     bytes=list(e.decoded_token.encode())) for t, e in best]))
     return ChatLogprobs(content=content)

@@ -20,7 +20,7 @@ from minillm.entrypoints.openai.errors import OpenAIError
 from minillm.entrypoints.openai.protocol import (CompletionChoice, CompletionLogProbs,
                                                  CompletionRequest, CompletionResponse)
 from minillm.entrypoints.openai.serving import (SSE_DONE, DeltaTracker, OpenAIServing, merge, sse,
-                                                stream_error, usage)
+                                                stream_error, token_name, usage)
 from minillm.outputs import CompletionOutput, Logprob, RequestOutput
 
 
@@ -30,9 +30,11 @@ class OpenAIServingCompletion(OpenAIServing):
         if request.max_tokens == 0 and not request.echo:
             raise OpenAIError(400, "max_tokens must be at least 1 (0 only with echo: the prompt "
                                    "alone)", "max_tokens")
-        prompts = [await self._prompt(p, request.echo) for p in _split(request.prompt)]
+        prompts = [await self.truncated(await self._prompt(p, request),
+                                        request.truncate_prompt_tokens)
+                   for p in _split(request.prompt)]
         params = [self._sampling_params(request, len(p["prompt_token_ids"])) for p in prompts]
-        request_id = f"cmpl-{raw.state.request_id}"
+        request_id = f"cmpl-{self.request_id(request, raw)}"
         streams = await self.start(request_id, prompts, params, request.priority,
                                    request.stream)
         if request.stream:
@@ -49,14 +51,14 @@ class OpenAIServingCompletion(OpenAIServing):
             params.prompt_logprobs = request.logprobs
         return params
 
-    async def _prompt(self, prompt: str | list[int], echo: bool) -> dict:
+    async def _prompt(self, prompt: str | list[int], request: CompletionRequest) -> dict:
         if not prompt:  # "" would be the BOS token alone for many tokenizers
             raise OpenAIError(400, "the prompt is empty", "prompt")
         if isinstance(prompt, str):
-            ids = await self.encode(prompt)
+            ids = await self.encode(prompt, request.add_special_tokens)
         else:  # token ids: their text is needed only to echo it
             self.check_token_ids(prompt, "prompt")
-            ids, prompt = prompt, await self.decode(prompt) if echo else None
+            ids, prompt = prompt, await self.decode(prompt) if request.echo else None
         return {"prompt": prompt, "prompt_token_ids": ids}
 
     async def _full(self, request: CompletionRequest, raw: Request, streams: list[RequestStream],
@@ -81,8 +83,10 @@ class OpenAIServingCompletion(OpenAIServing):
                             continue
                         choice = _choice(request, output, c, i * request.n + c.index, *part,
                                          self.tokenizer.decode)
+                        so_far = (usage([s.last for s in streams if s.last])
+                                  if request.continuous_usage else None)
                         yield sse(CompletionResponse(id=request_id, created=created, model=model,
-                                                     choices=[choice]))
+                                                     choices=[choice], usage=so_far))
             except Exception as e:  # headers are sent: report in the stream, then end it
                 yield stream_error(request_id, e)
                 return
@@ -114,23 +118,24 @@ def _choice(request: CompletionRequest, output: RequestOutput, c: CompletionOutp
         text, offset = output.prompt + text, 0
         token_ids = output.prompt_token_ids + token_ids
         entries = (output.prompt_logprobs or []) + entries
-    logprobs = (_logprobs(token_ids, entries, offset, decode) if request.logprobs is not None
-                else None)
+    logprobs = (_logprobs(token_ids, entries, offset, decode, request.return_tokens_as_token_ids)
+                if request.logprobs is not None else None)
     return CompletionChoice(index=index, text=text, logprobs=logprobs,
                             finish_reason=c.finish_reason, stop_reason=c.stop_reason)
 
 
 def _logprobs(token_ids: list[int], entries: list[dict[int, Logprob] | None], text_offset: int,
-              decode) -> CompletionLogProbs:
+              decode, as_ids: bool | None) -> CompletionLogProbs:
     """The legacy completions shape: parallel lists, one entry per token. A token without
-    entries (the prompt's first: nothing comes before it) has null logprobs."""
+    entries (the prompt's first: nothing comes before it) has null logprobs. `as_ids`: tokens
+    named "token_id:1234" (vLLM's `return_tokens_as_token_ids`)."""
     result = CompletionLogProbs()
     for token_id, entry in zip(token_ids, entries):
-        token = entry[token_id].decoded_token if entry else decode([token_id])
-        result.tokens.append(token)
+        text = entry[token_id].decoded_token if entry else decode([token_id])
+        result.tokens.append(f"token_id:{token_id}" if as_ids else text)
         result.token_logprobs.append(entry[token_id].logprob if entry else None)
-        result.top_logprobs.append({e.decoded_token: e.logprob for e in entry.values()}
+        result.top_logprobs.append({token_name(e, t, as_ids): e.logprob for t, e in entry.items()}
                                    if entry else None)
         result.text_offset.append(text_offset)
-        text_offset += len(token)
+        text_offset += len(text)
     return result
