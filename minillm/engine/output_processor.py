@@ -53,7 +53,7 @@ class OutputProcessor:
         now = time.monotonic()
         for seq in out.seqs:
             metrics = self.requests[seq.request_id].metrics
-            metrics.first_scheduled_time = metrics.first_scheduled_time or now
+            metrics.first_scheduled_time = metrics.first_scheduled_time or out.scheduled_time
         for request_id, scored in sampled.prompt_logprobs.items():
             self._record_prompt_logprobs(self.requests[request_id], scored)
         stopped = []

@@ -14,6 +14,7 @@ appended, and sequences that stop are finished (their blocks freed).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from minillm.config import EngineConfig
@@ -30,6 +31,7 @@ class SchedulerOutput:
     sampled_seqs: list[Sequence] = field(default_factory=list)  # each gets one token this step
     sample_rows: list[int] = field(default_factory=list)  # ...from the logits of seqs[row]
     moves: BlockMoves = field(default_factory=BlockMoves)  # swaps and copies, before the forward
+    scheduled_time: float = field(default_factory=time.monotonic)  # a request's queue time ends
 
     def add(self, seq: Sequence, num_new_tokens: int) -> None:
         """Run `num_new_tokens` of `seq`; if they complete it, it (and its forks) sample."""
@@ -106,17 +108,23 @@ class Scheduler:
 
     # -- schedule ------------------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
+        """Plan one step: the running sequences first (decodes never wait behind new prompts),
+        then, unless that preempted someone (memory is tight), swapped-out sequences back and
+        waiting ones admitted with what is left of the token budget."""
         out = SchedulerOutput()
         budget = self.config.max_num_batched_tokens
         preemptions = self.stats.num_preemptions
         budget = self._schedule_running(out, budget)
-        if self.stats.num_preemptions == preemptions:  # memory is tight: admit nothing new
+        if self.stats.num_preemptions == preemptions:
             self._swap_in()  # they run from the next step on
             self._schedule_waiting(out, budget)
         out.moves = self.block_manager.take_moves()
         return out
 
     def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
+        """Give each running sequence, first in `order` first, its next tokens: one for a decode,
+        the rest of its prompt (or as much as the budget allows: a chunk) for a prefill under
+        way. Returns the budget left."""
         for seq in sorted(self.running, key=self.order):
             if budget == 0:
                 break
@@ -151,6 +159,7 @@ class Scheduler:
             self.waiting.append(seq)
 
     def _swap_in(self) -> None:
+        """Bring swapped-out sequences back, first in `order` first, while their blocks fit."""
         for seq in sorted(self.swapped, key=self.order):
             if not self.block_manager.can_swap_in(seq):
                 break
@@ -160,25 +169,36 @@ class Scheduler:
             self.running.append(seq)
 
     def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
+        """Admit waiting sequences, first in `order` first, while the budget, the `max_num_seqs`
+        seats and the free blocks allow; none while a swapped-out sequence waits to come back."""
         for seq in sorted(self.waiting, key=self.order):
             if budget == 0 or len(self.running) >= self.config.max_num_seqs or self.swapped:
                 break
-            if not wants_prompt_logprobs(seq):  # a cached block has no logits to score
-                self.block_manager.reuse_cached_prefix(seq)
-            num_new = min(seq.num_uncomputed_tokens, budget)
-            if not self.block_manager.allocate(seq, num_new):
-                self.block_manager.free(seq)  # let go of the cached prefix it adopted
-                seq.reset_for_recompute()
+            num_new = self._allocate_prompt(seq, budget)
+            if num_new is None:
                 break
-            if self.block_manager.enable_prefix_caching and not wants_prompt_logprobs(seq):
-                # counted once, when admitted
-                self.stats.prefix_cache_queries += seq.num_tokens
-                self.stats.prefix_cache_hits += seq.num_cached_tokens
             self.waiting.remove(seq)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             out.add(seq, num_new)
             budget -= num_new
+
+    def _allocate_prompt(self, seq: Sequence, budget: int) -> int | None:
+        """Blocks for a waiting sequence's next prompt tokens, after it adopts its prefix from the
+        prefix cache: how many tokens it computes this step (a chunk when the budget is short),
+        or None, with nothing changed, when the blocks are not free."""
+        if not wants_prompt_logprobs(seq):  # a cached block has no logits to score
+            self.block_manager.reuse_cached_prefix(seq)
+        num_new = min(seq.num_uncomputed_tokens, budget)
+        if not self.block_manager.allocate(seq, num_new):
+            self.block_manager.free(seq)  # let go of the cached prefix it adopted
+            seq.reset_for_recompute()
+            return None
+        if self.block_manager.enable_prefix_caching and not wants_prompt_logprobs(seq):
+            # counted once, when admitted
+            self.stats.prefix_cache_queries += seq.num_tokens
+            self.stats.prefix_cache_hits += seq.num_cached_tokens
+        return num_new
 
     # -- after the forward ---------------------------------------------------------------------
     def update_from_output(self, out: SchedulerOutput, token_ids: list[int]) -> None:

@@ -5,7 +5,8 @@ size and time.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 from minillm.engine.scheduler import SchedulerStats
 
@@ -16,6 +17,7 @@ class EngineStats(SchedulerStats):
     last_step_seconds: float = 0.0  # 0 after a step that ran nothing
     last_step_tokens: int = 0
     num_steps: int = 0  # steps that ran the model
+    step_tokens: Counter = field(default_factory=Counter)  # steps that ran, by their tokens
 
     @property
     def num_blocks_free(self) -> int:
@@ -30,3 +32,5 @@ class EngineStats(SchedulerStats):
         vars(self).update(vars(scheduler))
         self.last_step_tokens, self.last_step_seconds = num_tokens, seconds
         self.num_steps += num_tokens > 0
+        if num_tokens:
+            self.step_tokens[num_tokens] += 1

@@ -43,7 +43,7 @@ from minillm.entrypoints.openai import cluster_routes, dashboard
 from minillm.entrypoints.openai.cli_args import add_server_arguments, engine_config
 from minillm.entrypoints.openai.errors import (ERROR_RESPONSES, OpenAIError, error_response,
                                                install_error_handlers)
-from minillm.entrypoints.openai.metrics import ServerMetrics
+from minillm.entrypoints.openai.metrics import ServerMetrics, cache_config_info
 from minillm.entrypoints.openai.middleware import (ApiKeyMiddleware, BodyLimitMiddleware,
                                                    H11HeaderTimeoutProtocol, RequestIdMiddleware)
 from minillm.entrypoints.openai.protocol import (ChatCompletionRequest, ChatCompletionResponse,
@@ -241,7 +241,8 @@ def build_app(engine: LLMEngine, served_model_names: list[str], api_key: str | N
               enable_dashboard: bool = True) -> FastAPI:
     """The FastAPI app around an engine; the engine thread runs while the app's lifespan does."""
     async_engine = AsyncEngine(engine)
-    metrics = ServerMetrics(engine.stats, served_model_names[0])
+    metrics = ServerMetrics(engine.stats, served_model_names[0], engine.max_model_len,
+                            cache_config_info(engine))
     serving = (async_engine, metrics, served_model_names, max_waiting_requests, stream_interval)
 
     @asynccontextmanager

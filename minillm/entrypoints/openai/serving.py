@@ -159,6 +159,8 @@ class OpenAIServing:
             if isinstance(e, (RequestAborted, RuntimeError)):  # shutting down, or loop dead
                 raise OpenAIError(503, str(e)) from e
             raise
+        for p in params:
+            self.metrics.record_params(p)
         return streams
 
     async def finish(self, streams: list[RequestStream], raw: Request) -> None:
