@@ -5,7 +5,7 @@ a target load needs: the numbers behind `maxReplicas`.
     block bytes    = 2 (K and V) x layers x block_size x KV heads x head_dim x bytes per element
     KV blocks      = KV budget // block bytes
     sequences      = KV blocks // blocks per sequence (ceil(seq_len / block_size)), <= max_num_seqs
-    replicas       = ceil(target requests/s / one replica's goodput)
+    replicas       = ceil(target requests/s / one replica's goodput)   (autoscale.replicas_needed)
 
 The budget follows the engine's own (`LLMEngine._kv_budget`): the same rough activation bound
 (`max_num_batched_tokens x (vocab + 16 x hidden) x 4` bytes), and the weights counted from the
@@ -26,6 +26,8 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+
+from minillm.bench.autoscale import replicas_needed
 
 BYTES_PER_ELEMENT = {"float32": 4, "float16": 2, "bfloat16": 2}
 GIB = 1 << 30
@@ -86,13 +88,6 @@ def replica_goodput(results: list[dict]) -> tuple[float, dict]:
     if len(slos) > 1:
         raise ValueError(f"the bench results were measured at different SLOs: {sorted(slos)}")
     return max(r["request_goodput"] for r in results), results[0]["goodput_limits_ms"]
-
-
-def replicas_needed(target_rps: float, goodput_per_replica: float) -> int:
-    if goodput_per_replica <= 0:
-        raise ValueError("one replica met the SLO for no request: it cannot carry any load at "
-                         "this SLO (a bigger GPU, a smaller model, or a looser SLO)")
-    return max(1, math.ceil(target_rps / goodput_per_replica))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
