@@ -47,6 +47,10 @@ class EngineConfig:
                                                         "lessons)")
     swap_space: float = setting(1.0, "GiB of CPU memory for swapped-out sequences")
     seed: int = setting(0, "seed of the random samples of unseeded requests")
+    kv_events_config: str | None = setting(None, "publish the prefix cache's changes for a "
+                                                 "router, as vLLM does; JSON: "
+                                                 "'{\"enable_kv_cache_events\": true, "
+                                                 "\"endpoint\": \"tcp://*:5557\"}'")
 
     def __post_init__(self):
         self.dtype = DTYPE_ALIASES.get(self.dtype, self.dtype)
@@ -57,5 +61,8 @@ class EngineConfig:
                                  f"not {getattr(self, f.name)!r}")
         if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
             raise ValueError("max_num_seqs and max_num_batched_tokens must be at least 1")
+        if self.kv_events_config is not None:  # a bad one fails here, not in the engine
+            from minillm.engine.kv_events import KVEventsConfig
+            KVEventsConfig.from_json(self.kv_events_config)
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"max_model_len must be at least 2, not {self.max_model_len}")

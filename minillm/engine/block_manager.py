@@ -8,7 +8,9 @@ sequence is ever wasted. On top of that:
   `n` parallel samples (copy-on-write before a shared block is written);
 * prefix caching keys each full block by a hash chained over its parent's key and its tokens;
   freed blocks keep their contents and key until they are reused, least recently freed first;
-* swapping moves a preempted sequence's blocks to a CPU pool and back.
+* swapping moves a preempted sequence's blocks to a CPU pool and back;
+* with KV-cache events on (`kv_events`), the prefix cache's changes are recorded for a router:
+  blocks keyed, blocks evicted, the cache reset (published by kv_events.py after each step).
 
 Copies and swaps are only *recorded* here (`BlockMoves`, pairs of block ids); the scheduler hands
 them to the model runner in its `SchedulerOutput`, which moves the data before the forward pass.
@@ -22,6 +24,7 @@ from array import array
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from minillm.engine.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVCacheEvent
 from minillm.engine.sequence import Sequence
 
 
@@ -66,6 +69,7 @@ class BlockManager:
         self.num_cpu_blocks = num_cpu_blocks
         self.free_cpu_blocks = list(range(num_cpu_blocks))
         self.moves = BlockMoves()  # recorded since the scheduler last took them
+        self.kv_events: list[KVCacheEvent] | None = None  # a list: recorded since last taken
 
     # -- counting ------------------------------------------------------------------------------
     @property
@@ -87,6 +91,7 @@ class BlockManager:
         block = self.blocks[block_id]
         if block.hash is not None and self.cached.get(block.hash) == block_id:
             del self.cached[block.hash]  # evict its cached prefix
+            self._record(BlockRemoved([block.hash]))
         block.hash, block.token_ids, block.ref_count = None, [], 1
         return block_id
 
@@ -181,6 +186,40 @@ class BlockManager:
             if key not in self.cached and block.hash is None:
                 block.hash, block.token_ids = key, tokens
                 self.cached[key] = block.block_id
+                self._record_stored(parent, key, tokens)
+
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached prefix (new weights make them wrong). As vLLM, only when no
+        sequence holds a block; returns whether it did."""
+        if self.num_free_blocks < self.num_blocks:
+            return False
+        for block in self.blocks:
+            block.hash, block.token_ids = None, []
+        self.cached.clear()
+        self._record(AllBlocksCleared())
+        return True
+
+    # -- KV-cache events -----------------------------------------------------------------------
+    def _record(self, event: KVCacheEvent) -> None:
+        if self.kv_events is not None:
+            self.kv_events.append(event)
+
+    def _record_stored(self, parent: bytes | None, key: bytes, tokens: list[int]) -> None:
+        """A block keyed: it extends the last BlockStored when it is that run's next block (one
+        event per run of a prompt's blocks, as vLLM sends them)."""
+        last = self.kv_events[-1] if self.kv_events else None
+        if isinstance(last, BlockStored) and last.block_hashes[-1] == parent:
+            last.block_hashes.append(key)
+            last.token_ids += tokens
+        else:
+            self._record(BlockStored([key], parent, list(tokens), self.block_size))
+
+    def take_kv_events(self) -> list[KVCacheEvent]:
+        """The events recorded since the last call (the engine publishes them after a step)."""
+        if self.kv_events is None:  # events off
+            return []
+        events, self.kv_events = self.kv_events, []
+        return events
 
     # -- swapping ------------------------------------------------------------------------------
     def can_swap_out(self, seq: Sequence) -> bool:

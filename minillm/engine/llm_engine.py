@@ -17,6 +17,7 @@ from minillm.attention import get_backend
 from minillm.config import EngineConfig
 from minillm.engine.block_manager import BlockManager, blocks_for
 from minillm.engine.detokenizer import IncrementalDetokenizer
+from minillm.engine.kv_events import create_publisher
 from minillm.engine.model_runner import ModelRunner, PagedKVCache
 from minillm.engine.output_processor import OutputProcessor, Request
 from minillm.engine.scheduler import Scheduler
@@ -55,6 +56,9 @@ class LLMEngine:
                                                config.enable_prefix_caching, num_cpu_blocks)
         self.scheduler = scheduler_cls(config, self.block_manager, self.eos_token_ids,
                                        self.max_model_len)
+        self.kv_events = create_publisher(config.kv_events_config)  # None: events off
+        if self.kv_events:
+            self.block_manager.kv_events = []  # the block manager records them from now on
         self.backend = get_backend(config.attention_backend, self.device,
                                    dtype=self.model.dtype, head_dim=cfg.head_dim,
                                    block_size=config.block_size)
@@ -194,6 +198,8 @@ class LLMEngine:
             self.scheduler.finish(seq, "stop")  # a stop string, or its grammar ended
         self.stats.record(self.scheduler.make_stats(), scheduled.num_tokens,
                           time.perf_counter() - started if scheduled.seqs else 0.0)
+        if self.kv_events:
+            self.kv_events.publish(self.block_manager.take_kv_events())
         return self.output_processor.make_outputs(scheduled.sampled_seqs)
 
 

@@ -2,12 +2,17 @@
 
     client ──► vllm-router :8000 ──┬──► minillm serve :8001   (each replica: its own engine,
           (round_robin, cache_aware,├──► minillm serve :8002    its own KV cache and prefix
-           power_of_two, ...)       └──► ...                     cache, its own /metrics)
+           kv_aware, ...)           └──► ...                     cache, its own /metrics)
 
 The router is `vllm-router` (the vLLM project's, in Rust; `pip install 'minillm[cluster]'`); it
 routes to minillm unchanged because minillm answers what it asks of a worker (/health,
 /v1/models, /get_load, /get_server_info, /metrics). The same router runs in Kubernetes with
 `--service-discovery` instead of a list of URLs: see docs/deploy.md.
+
+With `--router-policy kv_aware` each replica also publishes its prefix cache's changes (vLLM's
+KV-cache events, `--kv-events-config`) on a ZeroMQ port of its own, and the router subscribes to
+each (`--kv-event-source URL=tcp://HOST:PORT`): it routes a request to the replica that holds the
+longest prefix of its tokens, as the replicas themselves reported it.
 
 Start-up waits until every replica answers /health, then starts the router and waits for it.
 Ctrl+C or SIGTERM stops the router first (no new requests), then the replicas, which drain their
@@ -16,6 +21,7 @@ in-flight requests (--shutdown-timeout), and kills what is still there after tha
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import shutil
@@ -30,7 +36,8 @@ from pathlib import Path
 
 from minillm.entrypoints.openai.cli_args import add_engine_arguments, engine_flags
 
-POLICIES = ["round_robin", "random", "cache_aware", "power_of_two", "consistent_hash"]
+POLICIES = ["round_robin", "random", "cache_aware", "kv_aware", "power_of_two",
+            "consistent_hash"]
 
 
 @dataclass
@@ -81,6 +88,21 @@ def start_router(worker_urls: list[str], policy: str, port: int, host: str = "12
                "--worker-urls", *worker_urls, "--prometheus-port", str(free_port()), *extra]
     popen = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT if log else None)
     return Process(f"router :{port}", f"http://{host}:{port}", popen)
+
+
+def kv_events_config(port: int) -> str:
+    """A replica's `--kv-events-config`: publish on `port` (a `*` host: vLLM's rule to bind)."""
+    return json.dumps({"enable_kv_cache_events": True, "publisher": "zmq",
+                       "endpoint": f"tcp://*:{port}"})
+
+
+def kv_event_sources(replica_urls: list[str], event_ports: list[int], host: str,
+                     block_size: int, model: str) -> list[str]:
+    """vllm-router's kv_aware flags: where each replica publishes, its block size, the model."""
+    flags = []
+    for url, port in zip(replica_urls, event_ports):
+        flags += ["--kv-event-source", f"{url}=tcp://{host}:{port}"]
+    return flags + ["--kv-event-block-size", str(block_size), "--kv-event-model", model]
 
 
 def wait_healthy(processes: list[Process], timeout: float) -> None:
@@ -145,8 +167,16 @@ def main(args: argparse.Namespace) -> None:
     first = args.replica_port or args.port + 1
     server_flags = ["--served-model-name", args.served_model_name, "--shutdown-timeout",
                     str(args.shutdown_timeout), *engine_flags(args)]
-    replicas = [start_replica(first + i, server_flags, args.host, threads)
-                for i in range(args.replicas)]
+    kv_aware = args.router_policy == "kv_aware"
+    event_ports = [free_port() for _ in range(args.replicas)] if kv_aware else []
+    replicas = []
+    for i in range(args.replicas):
+        events = ["--kv-events-config", kv_events_config(event_ports[i])] if kv_aware else []
+        replicas.append(start_replica(first + i, server_flags + events, args.host, threads))
+    router_flags = shlex.split(args.router_args)
+    if kv_aware:
+        router_flags += kv_event_sources([r.url for r in replicas], event_ports, args.host,
+                                         args.block_size, args.served_model_name)
     children = list(replicas)
 
     def on_signal(signum, frame):
@@ -159,7 +189,7 @@ def main(args: argparse.Namespace) -> None:
     try:
         wait_healthy(replicas, args.startup_timeout)
         router = start_router([r.url for r in replicas], args.router_policy, args.port,
-                              args.host, shlex.split(args.router_args))
+                              args.host, router_flags)
         children.insert(0, router)  # stopped first: no new requests while replicas drain
         wait_healthy([router], args.startup_timeout)
         print(f"minillm launch: {args.replicas} replicas ({', '.join(r.url for r in replicas)}) "

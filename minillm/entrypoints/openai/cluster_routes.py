@@ -6,6 +6,8 @@ vllm-router (and SGLang's router, which it grew from) call these on every worker
     GET /load              {"server_load": N}        vLLM's name for the same number
     GET /get_server_info   engine settings           kv_aware reads the KV block size here
     GET /get_model_info    {"model_path": ...}       the router proxies it to clients
+    POST /v1/completions/render  [{"token_ids": ...}]  kv_aware matches the prompt's tokens to
+                                                      the replicas' KV-cache events
 
 N counts the requests in the server: running, waiting, or still streaming their last tokens.
 /health, /v1/models and /metrics (vLLM's `vllm:` names) are in api_server.py.
@@ -15,6 +17,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 import minillm
+from minillm.entrypoints.openai.errors import ERROR_RESPONSES
+from minillm.entrypoints.openai.protocol import CompletionRequest
+from minillm.entrypoints.openai.serving_completion import _split
 
 router = APIRouter()
 
@@ -49,3 +54,18 @@ async def get_server_info(raw: Request) -> dict:
 async def get_model_info(raw: Request) -> dict:
     path = raw.app.state.minillm.engine.engine.model_path
     return {"model_path": path, "tokenizer_path": path, "is_generation": True}
+
+
+@router.post("/v1/completions/render", responses={404: ERROR_RESPONSES[404]})
+async def render_completion(request: CompletionRequest, raw: Request) -> list[dict]:
+    """vLLM's renderer API: each prompt's token ids as the engine will see them (one vLLM
+    `GenerateRequest` per prompt). vllm-router's kv_aware policy asks for them before it routes
+    a request, and matches them block by block against the blocks each replica's KV-cache
+    events announced (minillm/engine/kv_events.py)."""
+    serving = raw.app.state.minillm.completion
+    model = serving.model_name(request.model)
+    prompts = [await serving._prompt(p, echo=False) for p in _split(request.prompt)]
+    return [{"request_id": f"cmpl-{raw.state.request_id}-{i}", "model": model,
+             "token_ids": p["prompt_token_ids"],
+             "sampling_params": {"max_tokens": request.max_tokens}}
+            for i, p in enumerate(prompts)]
