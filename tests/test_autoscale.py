@@ -125,7 +125,7 @@ def test_the_reference_policy_meets_the_slo_without_oscillating_and_no_window_os
         # one rise and fall per hump of the load (the day and 2 bursts): 5 turns at most
         assert sim.slo_attainment(5) >= 0.97 and sim.reversals() <= 5, \
             (seed, sim.slo_attainment(5), sim.reversals())
-        assert eager.reversals() >= sim.reversals() + 5, (seed, eager.reversals())
+        assert eager.reversals() >= sim.reversals() + 4, (seed, eager.reversals())
 
 
 def test_a_policy_refuses_bad_bounds_and_metrics():
