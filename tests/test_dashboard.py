@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from minillm.assets import DEFAULT_MODEL
+from minillm.entrypoints.openai.dashboard import expand
 from server_process import API_KEY, ServerProcess
 from test_docs_site import CHROMIUM_FLAGS
 
@@ -68,6 +69,8 @@ def test_state_follows_a_request(server):
         assert owned and all(busy["blocks"][b] == "o" for b in owned), busy
         assert [q["request_id"] for q in busy["queues"]["running"]] == ["cmpl-watched"]
         assert busy["figures"]["owned"] == len(owned) >= 4  # 60 prompt tokens, 16 per block
+        again = expand(busy)  # the feed back as an EngineSnapshot, as the notebooks use it
+        assert again.figures() == busy["figures"] and again.running[0].num_prompt_tokens == 60
         for _ in lines:
             pass
     after = wait_for(lambda s: s["figures"]["num_running"] == 0, server)

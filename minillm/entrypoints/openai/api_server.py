@@ -238,8 +238,10 @@ def openapi_schema(app: FastAPI) -> dict:
 def build_app(engine: LLMEngine, served_model_names: list[str], api_key: str | None = None,
               max_waiting_requests: int | None = None, stream_interval: int = 1,
               log_requests: bool = True, max_body_bytes: int | None = None,
-              enable_dashboard: bool = True) -> FastAPI:
-    """The FastAPI app around an engine; the engine thread runs while the app's lifespan does."""
+              enable_dashboard: bool = True, completion_stream=None) -> FastAPI:
+    """The FastAPI app around an engine; the engine thread runs while the app's lifespan does.
+    `completion_stream` is lab 8's grading hook: a function with the signature of
+    `serving_completion.stream_completion` (a learner's) writes streamed completions."""
     async_engine = AsyncEngine(engine)
     metrics = ServerMetrics(engine.stats, served_model_names[0], engine.max_model_len,
                             cache_config_info(engine))
@@ -252,7 +254,8 @@ def build_app(engine: LLMEngine, served_model_names: list[str], api_key: str | N
         async_engine.stop()
 
     app = FastAPI(title="minillm", version=minillm.__version__, lifespan=lifespan)
-    app.state.minillm = ServerState(async_engine, metrics, OpenAIServingCompletion(*serving),
+    completion = OpenAIServingCompletion(*serving, stream=completion_stream)
+    app.state.minillm = ServerState(async_engine, metrics, completion,
                                     OpenAIServingChat(*serving), served_model_names)
     app.state.minillm.responses = OpenAIServingResponses(*serving)
     app.include_router(router)

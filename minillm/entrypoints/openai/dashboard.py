@@ -26,18 +26,20 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse
 
-from minillm.engine.snapshot import CACHED, FREE, OWNED, SHARED, EngineSnapshot, snapshot
+from minillm.engine.snapshot import (CACHED, FREE, OWNED, SHARED, BlockInfo, EngineSnapshot,
+                                     SequenceInfo, snapshot)
 from minillm.entrypoints.openai.errors import OpenAIError
 
 PAGE = Path(__file__).resolve().parents[2] / "assets" / "dashboard.html"
 SNAPSHOT_TIMEOUT_S = 10.0  # a step on a busy CPU can take a second; more means a stuck engine
 STATE_LETTERS = {FREE: "f", CACHED: "c", OWNED: "o", SHARED: "s"}
+QUEUES = ("waiting", "running", "swapped")
 MAX_LISTED = 200  # sequences listed per queue (the figures count them all)
 
 
@@ -71,16 +73,36 @@ async def dashboard_state(raw: Request) -> dict:
             "counters": counters(s)}
 
 
+SCALARS = [f.name for f in fields(EngineSnapshot) if f.name not in ("blocks", *QUEUES)]
+
+
 def compact(snap: EngineSnapshot) -> dict:
     """The snapshot in a form the page can fetch twice a second: one letter per block (`f`ree,
     `c`ached, `o`wned, `s`hared) and the holders of held blocks only (a request id once per
-    sequence holding it, so a shared block's list is as long as its reference count). `snap.to_dict()` holds the
-    same, but a CPU server's 16,384 blocks make that 1.4 MB of JSON and a second to build."""
+    sequence holding it, so a shared block's list is as long as its reference count).
+    `snap.to_dict()` holds the same, but a CPU server's 16,384 blocks make that 1.4 MB of JSON
+    and a second to build."""
     return {"blocks": "".join(STATE_LETTERS[b.state] for b in snap.blocks),
             "owners": {b.block_id: b.owners for b in snap.blocks if b.owners},
             "queues": {name: [asdict(q) for q in getattr(snap, name)[:MAX_LISTED]]
-                       for name in ("waiting", "running", "swapped")},
-            "figures": snap.figures(), "num_steps": snap.num_steps}
+                       for name in QUEUES},
+            "figures": snap.figures(), **scalars(snap)}
+
+
+def scalars(snap: EngineSnapshot) -> dict:
+    return {name: getattr(snap, name) for name in SCALARS}
+
+
+def expand(state: dict) -> EngineSnapshot:
+    """`/dashboard/state`'s JSON back as an `EngineSnapshot`, e.g. for chapter 8's
+    `plot_block_map` in a notebook. Not carried over: queues past MAX_LISTED, and whether a
+    held block also holds a cached prefix (`hashed` is set for cached-free blocks only)."""
+    names = {letter: name for name, letter in STATE_LETTERS.items()}
+    holders = {int(block): owners for block, owners in state["owners"].items()}
+    blocks = [BlockInfo(i, names[letter], len(holders.get(i, [])), holders.get(i, []),
+                        letter == "c") for i, letter in enumerate(state["blocks"])]
+    queues = {name: [SequenceInfo(**q) for q in state["queues"][name]] for name in QUEUES}
+    return EngineSnapshot(blocks=blocks, **queues, **{name: state[name] for name in SCALARS})
 
 
 def counters(s) -> dict:

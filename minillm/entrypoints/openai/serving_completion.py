@@ -11,6 +11,7 @@ the engine runs one token, which the response leaves out.
 from __future__ import annotations
 
 import time
+from typing import AsyncIterator
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
@@ -25,6 +26,12 @@ from minillm.outputs import CompletionOutput, Logprob, RequestOutput
 
 
 class OpenAIServingCompletion(OpenAIServing):
+    def __init__(self, *args, stream=None):
+        """`stream`: the streamed body's function, `stream_completion` unless given (lab 8's
+        hook, `build_app(completion_stream=...)`)."""
+        super().__init__(*args)
+        self.stream = stream or stream_completion
+
     async def create(self, request: CompletionRequest, raw: Request):
         model = self.model_name(request.model)
         if request.max_tokens == 0 and not request.echo:
@@ -38,7 +45,7 @@ class OpenAIServingCompletion(OpenAIServing):
         streams = await self.start(request_id, prompts, params, request.priority,
                                    request.stream)
         if request.stream:
-            return StreamingResponse(self._stream(request, streams, request_id, model),
+            return StreamingResponse(self.stream(self, request, streams, request_id, model),
                                      media_type="text/event-stream")
         return await self._full(request, raw, streams, request_id, model)
 
@@ -71,29 +78,36 @@ class OpenAIServingCompletion(OpenAIServing):
         return CompletionResponse(id=request_id, model=model, choices=choices,
                                   usage=usage(outputs))
 
-    async def _stream(self, request: CompletionRequest, streams: list[RequestStream],
-                      request_id: str, model: str):
-        created, sent = int(time.time()), DeltaTracker()
-        async with self.tracked(streams):
-            try:
-                async for i, output in merge(streams):
-                    for c in output.outputs:
-                        part = sent.new_part((i, c.index), c)
-                        if part is None:
-                            continue
-                        choice = _choice(request, output, c, i * request.n + c.index, *part,
-                                         self.tokenizer.decode)
-                        so_far = (usage([s.last for s in streams if s.last])
-                                  if request.continuous_usage else None)
-                        yield sse(CompletionResponse(id=request_id, created=created, model=model,
-                                                     choices=[choice], usage=so_far))
-            except Exception as e:  # headers are sent: report in the stream, then end it
-                yield stream_error(request_id, e)
-                return
-        if request.include_usage:
-            yield sse(CompletionResponse(id=request_id, created=created, model=model, choices=[],
-                                         usage=usage([s.last for s in streams])))
-        yield SSE_DONE
+
+async def stream_completion(serving: OpenAIServingCompletion, request: CompletionRequest,
+                            streams: list[RequestStream], request_id: str,
+                            model: str) -> AsyncIterator[str]:
+    """A streamed completion's body, as server-sent events: one chunk per sample that has new
+    text (a delta), `finish_reason` on its last; with `stream_options.include_usage` a chunk of
+    usage alone; then `[DONE]`. A client that hangs up ends it (Starlette stops the generator)
+    and `tracked` aborts what did not finish, so its KV blocks come back at once. Lab 8 has
+    learners write it (`build_app(completion_stream=...)` mounts theirs)."""
+    created, sent = int(time.time()), DeltaTracker()
+    async with serving.tracked(streams):
+        try:
+            async for i, output in merge(streams):
+                for c in output.outputs:
+                    part = sent.new_part((i, c.index), c)
+                    if part is None:
+                        continue
+                    choice = _choice(request, output, c, i * request.n + c.index, *part,
+                                     serving.tokenizer.decode)
+                    so_far = (usage([s.last for s in streams if s.last])
+                              if request.continuous_usage else None)
+                    yield sse(CompletionResponse(id=request_id, created=created, model=model,
+                                                 choices=[choice], usage=so_far))
+        except Exception as e:  # headers are sent: report in the stream, then end it
+            yield stream_error(request_id, e)
+            return
+    if request.include_usage:
+        yield sse(CompletionResponse(id=request_id, created=created, model=model, choices=[],
+                                     usage=usage([s.last for s in streams])))
+    yield SSE_DONE
 
 
 def _split(prompt) -> list[str | list[int]]:
