@@ -120,7 +120,10 @@ async def chat_completions(request: ChatCompletionRequest, raw: Request):
              "model": ResponseObject, "description": "The response; with `stream: true`, "
              "server-sent events of the Responses API (`event: response.created` ... "
              "`event: response.completed`)",
-             "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
+             "content": {"text/event-stream": {"schema": {"anyOf": [
+                 {"type": "object", "required": ["event", "data"],
+                  "properties": {"event": {"type": "string"}, "data": {"type": "string"}}},
+                 {"type": "string"}]}}}}})  # an error after the headers: data alone
 async def responses(request: ResponsesRequest, raw: Request):
     """OpenAI's Responses API for text in, text out (see serving_responses.py)."""
     return await state(raw).responses.create_response(request, raw)

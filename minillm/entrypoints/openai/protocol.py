@@ -273,6 +273,11 @@ class ChatMessage(BaseModel):
             return "".join(part.text for part in self.content)
         return self.content or ""
 
+    def for_template(self) -> dict:
+        """What the chat template sees: the role, the text, and the speaker's name if given."""
+        named = {"name": self.name} if self.name else {}
+        return {"role": self.role, "content": self.text(), **named}
+
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
@@ -426,7 +431,8 @@ class ResponsesRequest(RequestBody):
     cache_salt: Unsupported = None
     mm_processor_kwargs: Unsupported = None
 
-    def sampling_params(self, max_tokens: int, logprobs: None = None) -> SamplingParams:
+    def sampling_params(self, max_tokens: int) -> SamplingParams:
+        """The engine's settings: pydantic has checked every range SamplingParams checks."""
         return SamplingParams(temperature=1.0 if self.temperature is None else self.temperature,
                               top_p=1.0 if self.top_p is None else self.top_p,
                               max_tokens=max_tokens)

@@ -156,6 +156,9 @@ class OpenAIServing:
                 self.engine.abort(stream.request_id)
             if isinstance(e, ValueError):
                 raise OpenAIError(400, str(e)) from e
+        if priority and self.engine.engine.config.scheduling_policy != "priority":
+            raise OpenAIError(400, "`priority` needs a server started with --scheduling-policy "
+                                   "priority (as in vLLM)", "priority")
             if isinstance(e, (RequestAborted, RuntimeError)):  # shutting down, or loop dead
                 raise OpenAIError(503, str(e)) from e
             raise

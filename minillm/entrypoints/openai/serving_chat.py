@@ -59,7 +59,7 @@ class OpenAIServingChat(OpenAIServing):
             if key in taken:
                 raise OpenAIError(400, f"`{key}` cannot be set through chat_template_kwargs",
                                   f"chat_template_kwargs.{key}")
-        conversation = [{"role": m.role, "content": m.text()} for m in messages]
+        conversation = [m.for_template() for m in messages]
         try:  # a template renders in Python: long messages take a while, so off the loop too
             text = await asyncio.to_thread(
                 self.tokenizer.apply_chat_template, conversation, tokenize=False,

@@ -30,8 +30,8 @@ class OpenAIServingResponses(OpenAIServingChat):
     async def create_response(self, request: ResponsesRequest, raw: Request):
         model = self.model_name(request.model)
         prompt = await self.render(request.messages(), add_generation_prompt=True)
-        params = self.sampling_params(request, self.max_tokens(
-            request.max_output_tokens, len(prompt["prompt_token_ids"])), None)
+        params = request.sampling_params(self.max_tokens(request.max_output_tokens,
+                                                         len(prompt["prompt_token_ids"])))
         request_id = self.request_id(request, raw)
         streams = await self.start(f"resp_{request_id}", [prompt], [params], 0, request.stream)
         shell = dict(id=f"resp_{request_id}", created_at=int(time.time()), model=model,
