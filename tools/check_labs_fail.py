@@ -343,6 +343,19 @@ MUTANTS: dict[str, list[Mutant]] = {
         mutant("7.3", "fork: the child starts with no computed tokens",
                ("        child.num_computed_tokens = parent.num_computed_tokens\n", "")),
     ],
+    "lab08_streaming": [
+        mutant("8.1", "each chunk carries the whole text so far, not the new part",
+               ("+ c.index, *part,", "+ c.index, c.text, 0,")),
+        mutant("8.1", "no `data: [DONE]` at the end", ("    yield SSE_DONE", "    return")),
+        mutant("8.2", "choice index from the sample alone (prompts of a batch collide)",
+               ("i * request.n + c.index, *part", "c.index, *part")),
+        mutant("8.2", "usage counted over the first prompt only",
+               ("usage=usage([s.last for s in streams])))", "usage=usage([streams[0].last])))")),
+        mutant("8.2", "a usage chunk whether or not include_usage asked for it",
+               ("    if request.include_usage:", "    if True:")),
+        mutant("8.3", "no abort on disconnect: the engine generates on for no one",
+               ("async with serving.tracked(streams):", "async with serving.tracked([]):")),
+    ],
 }
 
 
