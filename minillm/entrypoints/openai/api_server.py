@@ -241,7 +241,9 @@ def openapi_schema(app: FastAPI) -> dict:
 def build_app(engine: LLMEngine, served_model_names: list[str], api_key: str | None = None,
               max_waiting_requests: int | None = None, stream_interval: int = 1,
               log_requests: bool = True, max_body_bytes: int | None = None,
-              enable_dashboard: bool = True, completion_stream=None) -> FastAPI:
+              enable_dashboard: bool = True, completion_stream=None,
+              enable_auto_tool_choice: bool = False, tool_call_parser: str | None = None
+              ) -> FastAPI:
     """The FastAPI app around an engine; the engine thread runs while the app's lifespan does.
     `completion_stream` is lab 8's grading hook: a function with the signature of
     `serving_completion.stream_completion` (a learner's) writes streamed completions."""
@@ -258,8 +260,9 @@ def build_app(engine: LLMEngine, served_model_names: list[str], api_key: str | N
 
     app = FastAPI(title="minillm", version=minillm.__version__, lifespan=lifespan)
     completion = OpenAIServingCompletion(*serving, stream=completion_stream)
-    app.state.minillm = ServerState(async_engine, metrics, completion,
-                                    OpenAIServingChat(*serving), served_model_names)
+    chat = OpenAIServingChat(*serving, enable_auto_tool_choice=enable_auto_tool_choice,
+                             tool_call_parser=tool_call_parser)
+    app.state.minillm = ServerState(async_engine, metrics, completion, chat, served_model_names)
     app.state.minillm.responses = OpenAIServingResponses(*serving)
     app.include_router(router)
     app.include_router(cluster_routes.router)
@@ -345,7 +348,9 @@ def main(args: argparse.Namespace) -> None:
     log_startup(engine, names)
     app = build_app(engine, names, api_key(args), args.max_waiting_requests,
                     args.stream_interval, not args.disable_log_requests,
-                    args.max_request_body_bytes, not args.disable_dashboard)
+                    args.max_request_body_bytes, not args.disable_dashboard,
+                    enable_auto_tool_choice=args.enable_auto_tool_choice,
+                    tool_call_parser=args.tool_call_parser)
     http = functools.partial(H11HeaderTimeoutProtocol, header_timeout=args.header_read_timeout)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.uvicorn_log_level,
                             access_log=False, timeout_graceful_shutdown=SHUTDOWN_GRACE,

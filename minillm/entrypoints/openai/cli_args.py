@@ -6,6 +6,7 @@ import argparse
 from dataclasses import fields
 
 from minillm.config import EngineConfig
+from minillm.entrypoints.openai.tool_parsers import TOOL_CALL_PARSERS
 
 # vLLM flags that make no difference to minillm (one process, one device, no compilation):
 # accepted so that existing command lines keep working, and otherwise ignored.
@@ -80,6 +81,12 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
                    choices=["critical", "error", "warning", "info", "debug", "trace"])
     g.add_argument("--disable-log-requests", action="store_true",
                    help="no log line per request")
+    g.add_argument("--enable-auto-tool-choice", action="store_true",
+                   help='let the model decide when to call tools (`tool_choice: "auto"`); needs '
+                        "--tool-call-parser")
+    g.add_argument("--tool-call-parser", default=None, choices=TOOL_CALL_PARSERS,
+                   help="how tool calls are found in the model's text with "
+                        '`tool_choice: "auto"` (hermes: <tool_call>{...}</tool_call> blocks)')
     g.add_argument("--disable-dashboard", action="store_true",
                    help="no /dashboard page (a read-only live view of the KV blocks and "
                         "queues, behind --api-key when one is set); for production")

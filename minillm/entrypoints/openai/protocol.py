@@ -18,14 +18,17 @@ the server's; the rest are `SamplingParams`' own.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator,
+                      model_validator)
 from pydantic_core import PydanticCustomError
 
 from minillm.sampling_params import SamplingParams
+from minillm.structured_output import StructuredOutputsParams
 
 MAX_LOGPROBS = 20  # OpenAI's limit for top_logprobs; vLLM's default max_logprobs
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
@@ -116,6 +119,41 @@ LogitBias = dict[Annotated[str, Field(pattern=r"^[0-9]{1,19}$")],  # OpenAI send
                  Annotated[float, Field(ge=-100, le=100)]]
 
 
+class JsonSchemaResponseFormat(BaseModel):
+    name: str
+    description: str | None = None
+    schema_: dict | None = Field(None, alias="schema")  # (`schema` would shadow BaseModel's)
+    strict: bool | None = None  # the grammar follows the schema exactly either way
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's `response_format`: free text, any JSON object, or JSON following a schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaResponseFormat | None = None
+
+
+class StructuredOutputsRequest(RequestBody):
+    """vLLM's `structured_outputs` object: one constraint (`minillm.structured_output`)."""
+
+    json_: str | dict | None = Field(None, alias="json")
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+    # vLLM's backend knobs: known, not implemented (xgrammar here always writes compact JSON)
+    disable_fallback: Unsupported = None
+    disable_any_whitespace: Unsupported = None
+    disable_additional_properties: Unsupported = None
+    whitespace_pattern: Unsupported = None
+    structural_tag: Unsupported = None
+
+
+# vLLM's older names for the structured_outputs fields
+GUIDED_FIELDS = {"guided_json": "json", "guided_regex": "regex", "guided_choice": "choice",
+                 "guided_grammar": "grammar"}
+
+
 class SamplingFields(RequestBody):
     """What completions and chat requests share: sampling, stopping, and vLLM's extras."""
 
@@ -145,6 +183,15 @@ class SamplingFields(RequestBody):
     include_stop_str_in_output: bool = False
     return_tokens_as_token_ids: bool | None = None  # logprobs' tokens as "token_id:1234"
     request_id: str | None = REQUEST_ID  # names the request (else X-Request-Id, else random)
+    # structured outputs: at most one of these asks (see `structured_outputs_params`)
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputsRequest | None = None
+    guided_json: str | dict | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    guided_decoding_backend: Annotated[Any, NotSupported(accepted=("xgrammar", "auto"))] = None
+    guided_whitespace_pattern: Unsupported = None
     # known, not implemented (a 400 unless left at the default)
     use_beam_search: Annotated[bool, NotSupported()] = False
     length_penalty: Annotated[float, NotSupported()] = 1.0
@@ -179,7 +226,38 @@ class SamplingFields(RequestBody):
                                       "streamed", {"param": "best_of"})
         return self
 
-    def sampling_params(self, max_tokens: int, logprobs: int | None) -> SamplingParams:
+    def structured_outputs_params(self) -> tuple[StructuredOutputsParams | None, str | None]:
+        """The grammar the output must follow and the field that asked for it, or (None, None).
+
+        `response_format`, `structured_outputs` and the `guided_*` fields each may ask for one;
+        two constraints at once are refused (ValueError naming the field), never one dropped.
+        """
+        asked = []  # (field, {kind: specification})
+        if self.structured_outputs is not None:
+            kinds = self.structured_outputs.model_dump(by_alias=True, exclude_none=True)
+            asked.append(("structured_outputs", kinds))
+        for name, kind in GUIDED_FIELDS.items():
+            if getattr(self, name) is not None:
+                asked.append((name, {kind: getattr(self, name)}))
+        response_format = self.response_format
+        if response_format is not None and response_format.type == "json_object":
+            asked.append(("response_format", {"json_object": True}))
+        elif response_format is not None and response_format.type == "json_schema":
+            if response_format.json_schema is None or response_format.json_schema.schema_ is None:
+                raise ValueError("response_format of type json_schema needs json_schema.schema")
+            asked.append(("response_format", {"json": response_format.json_schema.schema_}))
+        kinds = [kind for _, ks in asked for kind in ks]
+        if len(kinds) > 1:
+            raise ValueError(f"{asked[-1][0]}: only one structured-output constraint per request "
+                             f"(got {', '.join(kinds)} from {', '.join(f for f, _ in asked)})")
+        if not asked:
+            return None, None
+        field, spec = asked[0]
+        return StructuredOutputsParams(**spec), field
+
+    def sampling_params(self, max_tokens: int, logprobs: int | None,
+                        structured_outputs: StructuredOutputsParams | None = None
+                        ) -> SamplingParams:
         """The engine's settings; SamplingParams raises ValueError for out-of-range values."""
         bias = {int(t): b for t, b in self.logit_bias.items()} if self.logit_bias else None
         return SamplingParams(
@@ -190,7 +268,7 @@ class SamplingFields(RequestBody):
             include_stop_str_in_output=self.include_stop_str_in_output,
             ignore_eos=self.ignore_eos, max_tokens=max_tokens, min_tokens=self.min_tokens,
             logprobs=logprobs, logit_bias=bias, truncate_prompt_tokens=self.truncate_prompt_tokens,
-            skip_special_tokens=self.skip_special_tokens)
+            skip_special_tokens=self.skip_special_tokens, structured_outputs=structured_outputs)
 
 
 # -- completions ------------------------------------------------------------------------------
@@ -263,19 +341,85 @@ class ContentPart(BaseModel):
     text: str
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class DeltaFunctionCall(BaseModel):
+    name: str | None = Field(None, exclude_if=is_none)
+    arguments: str | None = Field(None, exclude_if=is_none)
+
+
+class DeltaToolCall(BaseModel):
+    """A streamed piece of tool call `index`: its id, type and name come in its first piece."""
+
+    index: int
+    id: str | None = Field(None, exclude_if=is_none)
+    type: Literal["function"] | None = Field(None, exclude_if=is_none)
+    function: DeltaFunctionCall
+
+
+class FunctionDefinition(BaseModel):
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema
+    strict: bool | None = None  # the grammar follows the schema exactly either way
+
+
+class ChatTool(BaseModel):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"] = "function"
+    function: NamedFunction
+
+
 class ChatMessage(BaseModel):
     role: str
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # a `tool` message: the call it answers
 
     def text(self) -> str:
         if isinstance(self.content, list):
             return "".join(part.text for part in self.content)
         return self.content or ""
 
+    @field_validator("tool_calls")
+    @classmethod
+    def _arguments_are_json(cls, calls):
+        for call in calls or []:
+            try:
+                json.loads(call.function.arguments)
+            except ValueError as e:
+                raise ValueError(f"a tool call's arguments are not valid JSON ({e})") from None
+        return calls
+
     def for_template(self) -> dict:
-        """What the chat template sees: the role, the text, and the speaker's name if given."""
+        """What the chat template sees: the role, the text, the speaker's name if given, and
+        tool calls with their arguments as a dict (transformers' and vLLM's convention), or the
+        id of the call a `tool` message answers."""
         named = {"name": self.name} if self.name else {}
+        if self.tool_call_id is not None:
+            named["tool_call_id"] = self.tool_call_id
+        if self.tool_calls:
+            named["tool_calls"] = [{"id": c.id, "type": c.type, "function": {
+                "name": c.function.name, "arguments": json.loads(c.function.arguments)}}
+                for c in self.tool_calls]
         return {"role": self.role, "content": self.text(), **named}
 
 
@@ -304,10 +448,52 @@ class ChatCompletionRequest(SamplingFields):
     reasoning_effort: Unsupported = None
     verbosity: Unsupported = None
     web_search_options: Unsupported = None
+    tools: list[ChatTool] | None = Field(None, min_length=1)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True  # false: at most one call (with "required")
     functions: Unsupported = None
     function_call: Unsupported = None
     prompt_cache_key: Unsupported = None
     safety_identifier: Unsupported = None
+
+    @property
+    def effective_tool_choice(self) -> str | NamedToolChoice:
+        """vLLM's default: "auto" when tools are given, else "none"."""
+        return self.tool_choice or ("auto" if self.tools else "none")
+
+    @model_validator(mode="after")
+    def _check_tool_choice(self):
+        # vLLM's rules and messages
+        choice = self.tool_choice
+        if choice not in (None, "none") and not self.tools:
+            raise PydanticCustomError("tool_choice", "{param}: when using `tool_choice`, "
+                                      "`tools` must be set", {"param": "tool_choice"})
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in [
+                tool.function.name for tool in self.tools]:
+            raise PydanticCustomError("tool_choice", "{param}: the tool specified in "
+                                      "`tool_choice` does not match any of the specified `tools`",
+                                      {"param": "tool_choice"})
+        return self
+
+    def structured_outputs_params(self) -> tuple[StructuredOutputsParams | None, str | None]:
+        """As for completions, and a forced tool call's grammar (`tool_parsers`): the named
+        tool's parameters, or for "required" an array of calls to any of the tools."""
+        from minillm.entrypoints.openai.tool_parsers import required_tools_schema
+
+        asked, field = super().structured_outputs_params()
+        choice = self.effective_tool_choice
+        if choice not in ("required",) and not isinstance(choice, NamedToolChoice):
+            return asked, field
+        if asked is not None:
+            raise ValueError(f"{field}: you can only either use constraints for structured "
+                             f"outputs or tools, not both")
+        if choice == "required":
+            schema = required_tools_schema([t.function.model_dump() for t in self.tools],
+                                           self.parallel_tool_calls)
+        else:
+            tool = next(t for t in self.tools if t.function.name == choice.function.name)
+            schema = tool.function.parameters or {"type": "object", "properties": {}}
+        return StructuredOutputsParams(json=schema), "tools"
 
     @model_validator(mode="after")
     def _check_generation_prompt(self):
@@ -336,6 +522,7 @@ class ChatLogprobs(BaseModel):
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    tool_calls: list[ToolCall] = Field([], exclude_if=lambda calls: not calls)
 
 
 class DeltaMessage(BaseModel):
@@ -343,6 +530,7 @@ class DeltaMessage(BaseModel):
 
     role: str | None = Field(None, exclude_if=is_none)
     content: str | None = Field(None, exclude_if=is_none)
+    tool_calls: list[DeltaToolCall] | None = Field(None, exclude_if=is_none)
 
 
 class ChatCompletionChoice(BaseModel):

@@ -93,13 +93,27 @@ class OpenAIServing:
         """The engine's settings; SamplingParams' ValueError (`top_k must be ...`) is a 400
         naming the field."""
         try:
-            params = request.sampling_params(max_tokens, logprobs)
+            params = request.sampling_params(max_tokens, logprobs,
+                                             request.structured_outputs_params()[0])
         except ValueError as e:
-            field = str(e).split(" ", 1)[0]
+            field = str(e).split(" ", 1)[0].rstrip(":").split(".")[0]  # structured_outputs.x
             raise OpenAIError(400, str(e), field if field in type(request).model_fields
                               else None) from e
         self.check_token_ids(list(params.logit_bias or {}), "logit_bias")
         return params
+
+    async def compile_grammar(self, request, params: SamplingParams) -> None:
+        """Compile the request's grammar before the engine sees it, in a worker thread (the
+        engine thread then finds it in its cache, and steps on meanwhile): one that does not
+        compile is a 400 naming the field that asked for it."""
+        if params.structured_outputs is None:
+            return
+        grammars = self.engine.engine.grammars
+        try:
+            await asyncio.to_thread(grammars.compiled, *params.structured_outputs.key())
+        except ValueError as e:
+            field = request.structured_outputs_params()[1]
+            raise OpenAIError(400, f"{field}: {e}", field) from e
 
     async def truncated(self, prompt: dict, keep: int | None) -> dict:
         """vLLM's `truncate_prompt_tokens`: only the prompt's last `keep` tokens (the part next

@@ -41,6 +41,7 @@ class OpenAIServingCompletion(OpenAIServing):
                                         request.truncate_prompt_tokens)
                    for p in _split(request.prompt)]
         params = [self._sampling_params(request, len(p["prompt_token_ids"])) for p in prompts]
+        await self.compile_grammar(request, params[0])  # one grammar for all the prompts
         request_id = f"cmpl-{self.request_id(request, raw)}"
         streams = await self.start(request_id, prompts, params, request.priority,
                                    request.stream)
