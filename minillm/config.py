@@ -45,6 +45,8 @@ class EngineConfig:
                                                       "1 GiB)")
     num_gpu_blocks_override: int | None = setting(None, "exact number of KV blocks (tests, "
                                                         "lessons)")
+    quantization: str | None = setting(None, "int8: int8 weights and 8-bit dynamic activations "
+                                             "(CPU, float32)", ["int8"])
     swap_space: float = setting(1.0, "GiB of CPU memory for swapped-out sequences")
     seed: int = setting(0, "seed of the random samples of unseeded requests")
     kv_events_config: str | None = setting(None, "publish the prefix cache's changes for a "
@@ -56,7 +58,7 @@ class EngineConfig:
         self.dtype = DTYPE_ALIASES.get(self.dtype, self.dtype)
         for f in fields(self):
             choices = f.metadata["choices"]
-            if choices and getattr(self, f.name) not in choices:
+            if choices and getattr(self, f.name) not in (*choices, f.default):
                 raise ValueError(f"{f.name} must be one of {choices}, "
                                  f"not {getattr(self, f.name)!r}")
         if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:

@@ -24,6 +24,7 @@ from minillm.engine.scheduler import Scheduler
 from minillm.engine.sequence import Sequence
 from minillm.engine.stats import EngineStats
 from minillm.model import load_model, load_tokenizer
+from minillm.model.int8_linear import quantize_linear_layers
 from minillm.model.packed_linear import can_pack, pack_linear_layers
 from minillm.outputs import RequestMetrics, RequestOutput
 from minillm.sampling_params import SamplingParams
@@ -45,7 +46,9 @@ class LLMEngine:
         self.device = torch.device(device)
         self.model_path = str(config.model or default_model())
         self.model = load_model(self.model_path, config.dtype, self.device)
-        if can_pack(self.model):  # on a CPU: oneDNN linear layers, packed once
+        if config.quantization == "int8":
+            quantize_linear_layers(self.model)
+        elif can_pack(self.model):  # on a CPU: oneDNN linear layers, packed once
             pack_linear_layers(self.model)
         self.tokenizer = load_tokenizer(self.model_path)
         cfg = self.model.config

@@ -13,6 +13,8 @@ COMMANDS = {
     "bench serve": "minillm.bench.serve",
     "bench memory": "minillm.bench.memory",
     "bench latency": "minillm.bench.latency",
+    "bench accuracy": "minillm.bench.accuracy",
+    "bench structured": "minillm.bench.structured",
     "bench peers": "minillm.bench.peers",
     "launch": "minillm.entrypoints.launch",
     "plan": "minillm.bench.plan",
