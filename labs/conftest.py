@@ -13,8 +13,12 @@ and its tests take the `impl` fixture: the learner's module by default, minillm'
 So that a solution cannot be fitted to the tests, many tests draw fresh inputs each run from the
 `rng` fixture (the header prints the seed, `--lab-seed N` repeats a run) and some are hypothesis
 property tests. Tests marked `integration` plug the learner's whole lab into the real engine code
-(the trace replay); they run with `--integration` (`make grade LAB=lab03 INTEGRATION=1`). Each
-test has a time limit (pytest-timeout), so an endless loop fails instead of hanging.
+and require the reference's figures or tokens; they run with `--integration` (`make grade
+LAB=lab03 INTEGRATION=1`). The hooks they use: `replay(..., allocator_cls=)` (chapters 3-4's
+trace replay: labs 2, 3), `LLM(block_manager_cls=, scheduler_cls=)` (the engine: labs 3, 4),
+and for a function the engine calls (lab 5's kernel parts, lab 6's `sample`) pytest's
+`monkeypatch` on the module that calls it. Each test has a time limit (pytest-timeout), so an
+endless loop fails instead of hanging.
 """
 from __future__ import annotations
 
