@@ -164,7 +164,8 @@ class AsyncEngine:
             raise RequestAborted(self.refusal)
         if request_id in self.streams:
             raise ValueError(f"request id {request_id!r} is already in use")
-        stream = self.streams[request_id] = RequestStream(request_id, stream_interval, params.n)
+        stream = RequestStream(request_id, stream_interval, params.num_samples)  # best_of runs
+        self.streams[request_id] = stream
         self._commands.put(_Add(stream, prompt, params, priority,
                                 arrival_time or time.monotonic()))
         try:
