@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 PYTEST  := $(BIN)/python -m pytest
 
 .PHONY: help setup lab serve test test-unit test-soak test-kernels test-kernels-compile test-labs \
-        test-notebooks test-fallback docs docs-serve notebooks grade bench clean
+        test-notebooks test-fallback test-clients docs docs-serve notebooks grade bench clean
 
 help:
 	@echo "make lab        set up .venv and open the course in JupyterLab"
@@ -32,11 +32,22 @@ lab: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/minillm serve
 
-test: $(STAMP) test-unit test-fallback test-kernels test-kernels-compile test-labs test-notebooks docs
+test: $(STAMP) test-unit test-fallback test-kernels test-kernels-compile test-labs test-notebooks docs \
+      test-clients
 	@echo "make test: all suites passed"
 
 test-unit: $(STAMP)
-	$(PYTEST) tests -m "not kernels and not compile and not browser and not soak" -q
+	$(PYTEST) tests -m "not kernels and not compile and not browser and not soak and not clients" -q
+
+# Unmodified clients with heavy installs against the server: lm-eval (its `clients` extra adds
+# about 620 MB: pandas, pyarrow, scipy, scikit-learn, nltk; 3 minutes to install) and guidellm.
+CLIENTS := $(VENV)/.clients-installed
+$(CLIENTS): $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet -e '.[clients]'
+	touch $(CLIENTS)
+
+test-clients: $(CLIENTS)
+	$(PYTEST) tests -m clients -q
 
 # 2,000 requests against the server, its memory growth printed (not in `make test`: minutes).
 test-soak: $(STAMP)

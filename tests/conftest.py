@@ -14,6 +14,8 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs an NVIDIA GPU (tools/gpu_acceptance.sh)")
     config.addinivalue_line("markers", "soak: thousands of requests against the server (make "
                                        "test-soak; not in make test)")
+    config.addinivalue_line("markers", "clients: real clients with heavy installs (lm-eval, "
+                                       "guidellm): make test-clients")
 
 
 @pytest.fixture(scope="session", params=sorted(CONFIGS))
