@@ -77,6 +77,13 @@ BASES = {C: {"prompt": "The quick brown fox", "max_tokens": 8, "seed": 1},
 # Every implemented field, with the test that shows it working.
 F = "test_server_fields.py::"
 EFFECT = F + "test_field_changes_the_result"
+S = "test_server_structured.py::"  # structured outputs and tools
+SCHEMA = S + "test_response_format_json_schema_on_chat_and_completions"
+JSON_OBJECT = S + "test_response_format_json_object_and_text"
+GUIDED = S + "test_vllm_structured_outputs_and_guided_fields"
+NAMED = S + "test_named_tool_choice_returns_a_call_whose_arguments_follow_the_schema"
+REQUIRED = S + "test_required_tool_choice_returns_calls_to_the_given_tools"
+CONVERSATION = S + "test_a_conversation_with_tool_calls_and_tool_results"
 IMPLEMENTED = {
     **{field: EFFECT for field in EFFECTS},
     "model": "test_server.py::test_unknown_model_is_404",
@@ -111,6 +118,44 @@ IMPLEMENTED = {
     "input": "test_server_endpoints.py::test_responses_message_list_input",
     "instructions": "test_server_endpoints.py::test_responses_create_equals_the_chat_completion",
     "max_output_tokens": "test_server_endpoints.py::test_responses_create_equals_the_chat_completion",
+    # structured outputs and tools (a schema's or function's name, description and strict
+    # are labels: the grammar always follows the schema exactly)
+    "response_format": SCHEMA,
+    "ResponseFormat.json_schema": SCHEMA,
+    "JsonSchemaResponseFormat.schema_": SCHEMA,
+    "JsonSchemaResponseFormat.name": SCHEMA,
+    "JsonSchemaResponseFormat.description": SCHEMA,
+    "JsonSchemaResponseFormat.strict": SCHEMA,
+    "ResponseFormat.type": JSON_OBJECT,
+    "structured_outputs": GUIDED,
+    "StructuredOutputsRequest.json_": GUIDED,
+    "StructuredOutputsRequest.regex": GUIDED,
+    "StructuredOutputsRequest.choice": GUIDED,
+    "StructuredOutputsRequest.grammar": GUIDED,
+    "StructuredOutputsRequest.json_object": GUIDED,
+    "guided_json": GUIDED,
+    "guided_regex": GUIDED,
+    "guided_choice": GUIDED,
+    "guided_grammar": GUIDED,
+    "tool_choice": NAMED,
+    "ChatTool.type": NAMED,
+    "ChatTool.function": NAMED,
+    "FunctionDefinition.name": NAMED,
+    "FunctionDefinition.parameters": NAMED,
+    "FunctionDefinition.strict": NAMED,
+    "NamedToolChoice.type": NAMED,
+    "NamedToolChoice.function": NAMED,
+    "NamedFunction.name": NAMED,
+    "parallel_tool_calls": REQUIRED,
+    "tools": CONVERSATION,
+    "FunctionDefinition.description": CONVERSATION,
+    "ChatMessage.tool_calls": CONVERSATION,
+    "ChatMessage.tool_call_id": CONVERSATION,
+    "ToolCall.id": CONVERSATION,
+    "ToolCall.type": CONVERSATION,
+    "ToolCall.function": CONVERSATION,
+    "FunctionCall.name": CONVERSATION,
+    "FunctionCall.arguments": CONVERSATION,
 }
 
 
