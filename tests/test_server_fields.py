@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 from pydantic import BaseModel, ValidationError
+from checkpoints import VOCAB_SIZE
 from tokenizers import Tokenizer, processors
 
 from minillm.entrypoints.openai import protocol
@@ -439,3 +440,14 @@ def test_responses_top_p_and_temperature(server):
                                           "temperature": 1.5})["output"][0]["content"][0]["text"]
            for _ in range(3)}
     assert hot != {text[0]}
+
+
+@pytest.mark.parametrize("bias", [{str(VOCAB_SIZE): 1}, {"99999999999": 1}, {"5": 101}, {"5": -100.5},
+                                  {"abc": 1}, {"-1": 1}, {"5": "high"}])
+def test_logit_bias_out_of_range_is_a_400(server, bias):
+    """Ids in the vocabulary, biases in [-100, 100], OpenAI's string keys."""
+    r = httpx.post(f"{server.url}{C}", json={**BASES[C], "logit_bias": bias})
+    assert r.status_code == 400, (bias, r.text)
+    assert r.json()["error"]["param"].startswith("logit_bias"), r.text
+    edges = {str(VOCAB_SIZE - 1): -100, "0": 100.0}
+    post(server, C, {**BASES[C], "logit_bias": edges})
