@@ -64,7 +64,9 @@ async def render_completion(request: CompletionRequest, raw: Request) -> list[di
     events announced (minillm/engine/kv_events.py)."""
     serving = raw.app.state.minillm.completion
     model = serving.model_name(request.model)
-    prompts = [await serving._prompt(p, echo=False) for p in _split(request.prompt)]
+    prompts = [await serving.truncated(await serving._prompt(p, request),  # as create() does
+                                       request.truncate_prompt_tokens)
+               for p in _split(request.prompt)]
     return [{"request_id": f"cmpl-{raw.state.request_id}-{i}", "model": model,
              "token_ids": p["prompt_token_ids"],
              "sampling_params": {"max_tokens": request.max_tokens}}
