@@ -13,7 +13,6 @@ chat template reads a `greeting` variable and the messages' `name`, so that
 """
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import typing
@@ -118,7 +117,8 @@ IMPLEMENTED = {
     "tokens": "test_server.py::test_tokenize_detokenize",
     "input": "test_server_endpoints.py::test_responses_message_list_input",
     "instructions": "test_server_endpoints.py::test_responses_create_equals_the_chat_completion",
-    "max_output_tokens": "test_server_endpoints.py::test_responses_create_equals_the_chat_completion",
+    "max_output_tokens": "test_server_endpoints.py::"
+                         "test_responses_create_equals_the_chat_completion",
     # structured outputs and tools (a schema's or function's name, description and strict
     # are labels: the grammar always follows the schema exactly)
     "response_format": SCHEMA,
@@ -442,8 +442,8 @@ def test_responses_top_p_and_temperature(server):
     assert hot != {text[0]}
 
 
-@pytest.mark.parametrize("bias", [{str(VOCAB_SIZE): 1}, {"99999999999": 1}, {"5": 101}, {"5": -100.5},
-                                  {"abc": 1}, {"-1": 1}, {"5": "high"}])
+@pytest.mark.parametrize("bias", [{str(VOCAB_SIZE): 1}, {"99999999999": 1}, {"5": 101},
+                                  {"5": -100.5}, {"abc": 1}, {"-1": 1}, {"5": "high"}])
 def test_logit_bias_out_of_range_is_a_400(server, bias):
     """Ids in the vocabulary, biases in [-100, 100], OpenAI's string keys."""
     r = httpx.post(f"{server.url}{C}", json={**BASES[C], "logit_bias": bias})

@@ -7,8 +7,8 @@
 
 Endpoints: POST /v1/completions, POST /v1/chat/completions, POST /v1/responses (text only),
 GET /v1/models, GET /v1/models/{id}, GET /health, GET and POST /ping, GET /version,
-GET /metrics, POST /tokenize, POST /detokenize (POST /v1/embeddings answers a 400); /openapi.json documents each one
-with every response it can send. GET /dashboard, a live view of the engine for operators (off
+GET /metrics, POST /tokenize, POST /detokenize (POST /v1/embeddings answers a 400);
+/openapi.json documents each one with every response it can send. GET /dashboard, a live view of the engine for operators (off
 with --disable-dashboard), is not part of that API (see dashboard.py).
 
 Shutdown: the first SIGTERM (or Ctrl+C) stops admitting requests (503, /health too, so a load
