@@ -482,7 +482,7 @@ class ChatCompletionRequest(SamplingFields):
 
         asked, field = super().structured_outputs_params()
         choice = self.effective_tool_choice
-        if choice not in ("required",) and not isinstance(choice, NamedToolChoice):
+        if choice != "required" and not isinstance(choice, NamedToolChoice):
             return asked, field
         if asked is not None:
             raise ValueError(f"{field}: you can only either use constraints for structured "
