@@ -94,6 +94,7 @@ class Mirror:
         assert isinstance(ts, float) and abs(ts - time.time()) < 300 and rank == 0, (ts, rank)
         assert events, "an empty batch was published"
         for event in events:
+            assert isinstance(event, dict), f"not a tagged map (vLLM's events): {event!r:.80}"
             kind = event["type"]
             self.counts[kind] += 1
             getattr(self, kind)(event)

@@ -107,7 +107,7 @@ class KVEventsConfig:
             raise ValueError(f"kv_events_config is not JSON: {e}") from None
         if not isinstance(values, dict):
             raise ValueError("kv_events_config must be a JSON object")
-        known = {f.name: f for f in fields(cls)}
+        known = [f.name for f in fields(cls)]
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise ValueError(f"kv_events_config: unknown keys {unknown}; known: {list(known)}")
