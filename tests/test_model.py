@@ -8,8 +8,9 @@ from torch import nn
 from transformers import AutoModelForCausalLM, GenerationConfig
 
 from minillm.model import CheckpointError, load_model, load_tokenizer
+from minillm.model import packed_linear
 from minillm.model.packed_linear import (PackedLinear, can_pack, pack_linear_layers,
-                                          packing_refused)
+                                          packing_refused, padded_rows)
 from minillm.naive import ContiguousKVCache, generate_ids
 
 
@@ -210,3 +211,37 @@ def test_packed_model_keeps_every_tensor_in_state_dict_and_through_to(checkpoint
         assert count_layers(model) == (7 * model.config.num_layers + 1, 0)
         model.to(getattr(torch, dtype))
     assert torch.equal(logits_of(model, ids), logits)  # back where it started
+
+
+def test_padded_rows_buckets_every_step_size_into_few_shapes():
+    """Every row count a step can carry maps to a bucket at least as large, at most 12.5 %
+    larger (exact up to 16), and all of 1..4096 to fewer than 90 shapes: oneDNN prepares (and
+    keeps) a kernel per shape, so unbucketed row counts grow a server's memory without end."""
+    buckets = {padded_rows(rows) for rows in range(1, 4097)}
+    assert len(buckets) < 90, len(buckets)
+    for rows in range(1, 4097):
+        padded = padded_rows(rows)
+        assert rows <= padded <= max(rows, 16) * 1.125, (rows, padded)
+        assert padded == rows or rows > 16, (rows, padded)
+        assert padded_rows(padded) == padded, (rows, padded)  # a bucket is its own bucket
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("shape", [(1, 48), (17, 48), (3, 33, 48), (130, 48)])
+def test_packed_linear_pads_rows_and_returns_only_the_real_ones(shape, monkeypatch):
+    """Odd row counts and 3-D inputs: the same numbers as F.linear (in float64), the padding
+    rows dropped, and oneDNN saw only the bucketed shape."""
+    if packing_refused(torch.float32) is not None:
+        pytest.skip(packing_refused(torch.float32))
+    gen = torch.Generator().manual_seed(sum(shape))
+    weight, bias = torch.randn(40, 48, generator=gen), torch.randn(40, generator=gen)
+    x = torch.randn(shape, generator=gen)
+    seen, onednn_linear = [], packed_linear.onednn_linear
+    monkeypatch.setattr(packed_linear, "onednn_linear",
+                        lambda x, *args: seen.append(x.shape[0]) or onednn_linear(x, *args))
+    out = PackedLinear(weight, bias)(x)
+    expected = torch.nn.functional.linear(x.double(), weight.double(), bias.double())
+    assert out.shape == (*shape[:-1], 40)
+    torch.testing.assert_close(out.double(), expected, atol=1e-4, rtol=0)
+    rows = x.numel() // 48
+    assert seen == [padded_rows(rows)], (rows, seen)
