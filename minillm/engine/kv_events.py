@@ -28,6 +28,11 @@ With a `replay_endpoint`, a ROUTER socket answers a subscriber that missed messa
 starting sequence number (8 bytes, big-endian) and gets every buffered message from there, each
 as `topic, seq, payload`, then an end marker with seq -1 and an empty payload.
 
+vllm-router never recomputes these keys: it hashes each stored block's *tokens* itself, files
+them in a prefix tree under the parent key, and matches a request by the token ids it gets from
+`POST /v1/completions/render`; the keys only chain blocks and name them in BlockRemoved. (Older
+vLLM releases sent each event as a positional array; vllm-router 0.1.17 rejects those.)
+
 Events are encoded and sent by a background thread, so a step only appends them to a queue.
 """
 from __future__ import annotations
