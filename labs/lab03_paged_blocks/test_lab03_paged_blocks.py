@@ -4,7 +4,9 @@ The tests use the allocator's public surface (`allocate`, `can_allocate`, `free`
 `num_free_blocks`, `blocks_for`, a block's `ref_count`) and minillm's `Sequence`. Random
 workloads are drawn fresh each run (`rng`), and hypothesis searches for a sequence of operations
 your allocator gets wrong. `make grade LAB=lab03 INTEGRATION=1` also replays chapter 4's trace
-with your `BlockManager` in place of minillm's and requires the same figures.
+with your `BlockManager` in place of minillm's and requires the same figures, and runs
+`LLM.generate` on the bundled model with it (the engine's `block_manager_cls` hook): the tokens
+and the preemptions must be minillm's.
 """
 import pytest
 from hypothesis import given
@@ -336,3 +338,61 @@ def test_replay_with_your_block_manager_matches_minillm(impl):
         assert (mine == theirs).all(), \
             f"step {step}: your allocator placed tokens in other blocks than minillm's " \
             "(check the free-list order of task 3.4)"
+
+
+# -- integration: your allocator inside the engine ----------------------------------------------
+def engine_block_manager(impl):
+    """Your BlockManager with the engine's other duties switched off: prefix caching, swapping
+    and copy-on-write are chapter 8's (the engine is run without them)."""
+    from minillm.engine.block_manager import BlockMoves
+
+    class EngineBlockManager(impl.BlockManager):
+        enable_prefix_caching = False
+
+        def reuse_cached_prefix(self, seq):
+            pass
+
+        def cache_full_blocks(self, seq):
+            pass
+
+        def take_moves(self):
+            return BlockMoves()
+
+        def release_cpu_blocks(self, swap_in):
+            pass
+
+    return EngineBlockManager
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_engine_with_your_block_manager_generates_the_same_tokens(impl):
+    from minillm import LLM, SamplingParams
+    from minillm.engine.block_manager import BlockManager
+
+    prompts = ["Once upon a time", "The little dog ran to the park and", "A",
+               "In the morning the sun", "She said that the", "Tom and his friend"]
+    params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
+    # Few blocks and a chunked prefill budget: blocks run out, sequences are preempted.
+    settings = dict(max_model_len=48, block_size=8, num_gpu_blocks_override=8,
+                    max_num_batched_tokens=12, max_num_seqs=4, enable_prefix_caching=False)
+
+    def run(block_manager_cls):
+        llm = LLM(block_manager_cls=block_manager_cls, **settings)
+        outputs = llm.generate(prompts, params, use_tqdm=False)
+        blocks = llm.engine.block_manager
+        return ([o.outputs[0].token_ids for o in outputs],
+                llm.engine.scheduler.stats.num_preemptions, blocks.num_free_blocks)
+
+    got, preemptions, free = run(engine_block_manager(impl))
+    want, want_preemptions, _ = run(BlockManager)
+    assert want_preemptions > 0, "setup: this KV budget should force preemptions"
+    for prompt, ids, want_ids in zip(prompts, got, want):
+        assert ids == want_ids, \
+            f"{prompt!r}: tokens {ids} with your BlockManager in the engine, {want_ids} with " \
+            f"minillm's"
+    assert preemptions == want_preemptions, \
+        f"{preemptions} preemptions with your BlockManager, {want_preemptions} with minillm's " \
+        f"(too many: can_allocate forgets the blocks a sequence holds? too few: it " \
+        f"over-promises)"
+    assert free == 8, f"after every request finished, {free} of 8 blocks are free"
