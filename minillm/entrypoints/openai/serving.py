@@ -156,6 +156,9 @@ class OpenAIServing:
         """Add one engine request per prompt (ids `request_id`, or `request_id-i` for a batch);
         all or none: if one is refused, those already added are aborted (400). A streamed
         response reads every `stream_interval` tokens, a whole one only the end."""
+        if priority and self.engine.engine.config.scheduling_policy != "priority":
+            raise OpenAIError(400, "`priority` needs a server started with --scheduling-policy "
+                                   "priority (as in vLLM)", "priority")
         self._admit(params)
         ids = [request_id] if len(prompts) == 1 else [f"{request_id}-{i}"
                                                         for i in range(len(prompts))]
@@ -170,9 +173,6 @@ class OpenAIServing:
                 self.engine.abort(stream.request_id)
             if isinstance(e, ValueError):
                 raise OpenAIError(400, str(e)) from e
-        if priority and self.engine.engine.config.scheduling_policy != "priority":
-            raise OpenAIError(400, "`priority` needs a server started with --scheduling-policy "
-                                   "priority (as in vLLM)", "priority")
             if isinstance(e, (RequestAborted, RuntimeError)):  # shutting down, or loop dead
                 raise OpenAIError(503, str(e)) from e
             raise
