@@ -27,6 +27,15 @@ def client(server):
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
 
 
+@pytest.fixture(autouse=True)
+def engine_idle_after(server):
+    """Whatever a test sent, served or refused, leaves no request and no KV block behind."""
+    yield
+    m = server.wait_idle()
+    assert m["vllm:kv_cache_usage_perc"] == 0
+    assert m["vllm:num_requests_running"] == m["vllm:num_requests_waiting"] == 0
+
+
 def openai_error(excinfo) -> dict:
     body = excinfo.value.response.json()
     assert set(body) == {"error"} and body["error"]["code"] == excinfo.value.status_code

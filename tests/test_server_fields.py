@@ -185,6 +185,15 @@ def tokenizer(checkpoint):
     return Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
 
 
+@pytest.fixture(autouse=True)
+def engine_idle_after(server):
+    """Whatever a test sent, served or refused, leaves no request and no KV block behind."""
+    yield
+    m = server.wait_idle()
+    assert m["vllm:kv_cache_usage_perc"] == 0
+    assert m["vllm:num_requests_running"] == m["vllm:num_requests_waiting"] == 0
+
+
 def post(server, path: str, body: dict) -> dict:
     r = httpx.post(f"{server.url}{path}", json=body, timeout=60)
     assert r.status_code == 200, (path, body, r.text[:300])
