@@ -515,7 +515,7 @@ class FakeKV:
 
 # -- integration: your BlockManager inside the engine -------------------------------------------
 @pytest.mark.integration
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)  # two engines; minutes on a loaded 2-core machine
 def test_engine_with_your_block_manager(impl):
     from minillm import LLM, SamplingParams
     from minillm.engine.block_manager import BlockManager
