@@ -111,18 +111,23 @@ def test_committed_outputs_hold_no_machine_paths():
                           "tools/clean_notebooks.py on it"
 
 
-def cut_off(browser) -> list[str]:
+def cut_off(browser, selector: str = ".md-content pre, .md-content table") -> list[str]:
     """Code blocks and tables of the page's content wider than their box (cut off or hidden
     behind a scroll bar)."""
     return browser.execute_script("""
         const out = [];
-        for (const el of document.querySelectorAll('.md-content pre, .md-content table')) {
+        for (const el of document.querySelectorAll(arguments[0])) {
             if (el.offsetParent === null) continue;  // not displayed
             if (el.scrollWidth > el.clientWidth + 2)
                 out.push(el.tagName + ': ' + el.innerText.split('\\n')[0].slice(0, 60)
                          + ' (' + el.scrollWidth + ' > ' + el.clientWidth + ' px)');
         }
-        return out;""")
+        return out;""", selector)
+
+
+# Markdown pages scroll a long code line inside `pre > code` and a wide table inside its wrapper.
+EVERY_SCROLLER = (".md-content pre, .md-content pre > code, .md-content table, "
+                  ".md-content .md-typeset__scrollwrap")
 
 
 def test_home_page_has_the_roadmap():
@@ -186,3 +191,51 @@ def test_chapter_renders_with_visible_plots(browser, site_url, screenshots, page
     href = links[0].get_attribute("href").removeprefix(site_url)
     assert (SITE / href).is_file(), f"{page}: the download link {href} leads nowhere"
     assert not cut_off(browser), f"{page}: cut off at 1280 px: {cut_off(browser)}"
+
+
+def full_page_screenshot(browser, path: Path) -> Path:
+    """The whole page in one PNG: the window grown to the page's height for the shot."""
+    width, height = browser.get_window_size()["width"], browser.get_window_size()["height"]
+    page_height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.set_window_size(width, min(page_height + 200, 16000))
+    browser.save_screenshot(str(path))
+    browser.set_window_size(width, height)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000, \
+        f"{path}: not a PNG of a rendered page"
+    print(f"screenshot: {path}")
+    return path
+
+
+@pytest.mark.parametrize("chapter,lab", [("chapters/05_batching/", "labs/lab04_scheduler/")])
+def test_a_part_two_chapter_and_its_lab_as_a_reader_sees_them(browser, site_url, screenshots,
+                                                               chapter, lab):
+    """Issue 15's site fixes, checked on the rendered pages and kept as screenshots: no NBVAL
+    marker, the notebook's download link, the chapter -> lab link followed in the browser and the
+    lab -> chapter link back, nothing cut off at 1280 px."""
+    name = chapter.strip("/").replace("/", "_")
+    assert not load(browser, site_url + chapter, screenshots, name)
+    assert "NBVAL_" not in browser.find_element("tag name", "body").text, \
+        f"{chapter}: a reader sees NBVAL markers"
+    download = browser.find_element("css selector", ".minillm-download a[download]")
+    assert download.is_displayed(), f"{chapter}: the download link is hidden"
+    assert (SITE / download.get_attribute("href").removeprefix(site_url)).is_file()
+    assert not cut_off(browser, EVERY_SCROLLER), \
+        f"{chapter}: cut off at 1280 px: {cut_off(browser, EVERY_SCROLLER)}"
+    full_page_screenshot(browser, screenshots / f"{name}_full.png")
+    to_lab = browser.find_element("css selector", f'.md-content a[href$="{lab}"]')
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", to_lab)
+    browser.save_screenshot(str(screenshots / f"{name}_lab_link.png"))
+    print(f"screenshot: {screenshots / f'{name}_lab_link.png'}")
+    to_lab.click()
+    assert browser.current_url == site_url + lab, \
+        f"{chapter}'s lab link leads to {browser.current_url}, not {lab}"
+    lab_name = lab.strip("/").replace("/", "_")
+    assert browser.find_element("css selector", "h1").text.startswith("Lab "), \
+        f"{lab}: no lab title"
+    tables = browser.find_elements("css selector", ".md-content table")
+    assert tables and all(t.is_displayed() for t in tables), f"{lab}: the task table is missing"
+    assert not cut_off(browser, EVERY_SCROLLER), \
+        f"{lab}: cut off at 1280 px: {cut_off(browser, EVERY_SCROLLER)}"
+    back = browser.find_elements("css selector", f'.md-content a[href$="{chapter}"]')
+    assert back and back[0].is_displayed(), f"{lab} does not link back to {chapter}"
+    full_page_screenshot(browser, screenshots / f"{lab_name}_full.png")
