@@ -460,3 +460,13 @@ def test_logit_bias_out_of_range_is_a_400(server, bias):
     assert r.json()["error"]["param"].startswith("logit_bias"), r.text
     edges = {str(VOCAB_SIZE - 1): -100, "0": 100.0}
     post(server, C, {**BASES[C], "logit_bias": edges})
+
+
+def test_stream_options_need_a_stream(server):
+    """As vLLM: options for a stream in a request that is not streamed are a 400 (an empty
+    object asks for nothing, so it passes)."""
+    for path in (C, CHAT):
+        r = httpx.post(f"{server.url}{path}", json={**BASES[path],
+                                                    "stream_options": {"include_usage": True}})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "stream_options", r.text
+        post(server, path, {**BASES[path], "stream_options": {}})

@@ -218,7 +218,7 @@ class SamplingFields(RequestBody):
     def _check_streaming(self):
         # vLLM's rules: options for a stream need a stream; the n best of best_of samples are
         # known only at the end (OpenAI: "results cannot be streamed")
-        if self.stream_options is not None and not self.stream:
+        if self.stream_options and self.stream_options.model_fields_set and not self.stream:
             raise PydanticCustomError("stream_options", "{param}: `stream_options` can only be "
                                       "given with `stream: true`", {"param": "stream_options"})
         if self.best_of is not None and self.best_of > self.n and self.stream:
