@@ -208,7 +208,9 @@ def test_the_router_reads_each_replicas_load_and_settings(replicas, tmp_path):
         info = httpx.get(f"{r.url}/get_server_info", timeout=5).json()
         assert (info["block_size"], info["num_gpu_blocks"], info["max_model_len"]) == (16, 80, 512)
         assert httpx.get(f"{r.url}/load", timeout=5).json() == {"server_load": 0}
-        assert httpx.get(f"{r.url}/get_model_info", timeout=5).json()["is_generation"] is True
+        model_info = httpx.get(f"{r.url}/get_model_info", timeout=5).json()
+        assert model_info["is_generation"] is True
+        assert "/" not in model_info["model_path"] + info["model_path"], "a path revealed"
 
 
 def test_a_replica_killed_mid_run_costs_no_request(replicas, tmp_path):

@@ -43,7 +43,7 @@ async def get_server_info(raw: Request) -> dict:
     state = raw.app.state.minillm
     engine = state.engine.engine
     config = engine.config
-    return {"version": minillm.__version__, "model_path": engine.model_path,
+    return {"version": minillm.__version__, "model_path": state.served_model_names[0],
             "served_model_name": state.served_model_names[0],
             "max_model_len": engine.max_model_len, "block_size": config.block_size,
             "num_gpu_blocks": engine.block_manager.num_blocks,
@@ -52,8 +52,10 @@ async def get_server_info(raw: Request) -> dict:
 
 @router.get("/get_model_info")
 async def get_model_info(raw: Request) -> dict:
-    path = raw.app.state.minillm.engine.engine.model_path
-    return {"model_path": path, "tokenizer_path": path, "is_generation": True}
+    # the served name, not the checkpoint's folder: the router hands this to any client, and an
+    # absolute path tells strangers how the machine is laid out (as /v1/models keeps it out)
+    name = raw.app.state.minillm.served_model_names[0]
+    return {"model_path": name, "tokenizer_path": name, "is_generation": True}
 
 
 @router.post("/v1/completions/render", responses={404: ERROR_RESPONSES[404]})
