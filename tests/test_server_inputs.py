@@ -251,7 +251,10 @@ def test_tokenizing_a_long_prompt_does_not_block_the_loop(server):
     worker.join()
     assert result["count"] > 100_000
     assert result["seconds"] > 1.0, "too fast to show anything: make the prompt longer"
-    assert worst < 0.75, f"/health took {worst:.2f} s while a prompt was tokenized"
+    # A blocked loop would hold /health for most of the tokenization; a bound relative to it
+    # holds however loaded the machine is.
+    assert worst < result["seconds"] / 3, (
+        f"/health took {worst:.2f} s while a prompt was tokenized for {result['seconds']:.2f} s")
 
 
 # -- what the middleware refuses before reading a body ---------------------------------------------
