@@ -78,7 +78,9 @@ ENGINES = {
     "llama.cpp f16": ("llama-cpp", "f16", "16/32-bit"),
     "llama.cpp q8_0": ("llama-cpp", "q8_0", "8-bit"),
 }
-PIP_PACKAGES = {"ctranslate2": ["ctranslate2"], "llama-cpp": []}  # llama-cpp: from its sdist
+# llama-cpp-python itself is built from its sdist; its GGUF converter imports sentencepiece.
+PIP_PACKAGES = {"ctranslate2": ["ctranslate2"], "llama-cpp": ["sentencepiece"]}
+LLAMA_CPP_VERSION = "0.3.36"  # the worker's C API calls and the GGUF converter's layout
 
 
 # -- checkpoints --------------------------------------------------------------------------------
@@ -166,8 +168,7 @@ def peer_python(runtime: str) -> Path:
             "CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count())))
         print(f"[peers] building llama-cpp-python from {source} (many minutes)", flush=True)
         subprocess.run(pip + ["--verbose", str(source)], check=True, env=env)
-    else:
-        subprocess.run(pip + PIP_PACKAGES[runtime], check=True)
+    subprocess.run(pip + PIP_PACKAGES[runtime], check=True)
     (venv / ".installed").touch()
     return python
 
@@ -179,7 +180,8 @@ def llama_cpp_source() -> Path:
     if not found:
         root.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-                        "--no-binary", ":all:", "-d", str(root), "llama-cpp-python"], check=True)
+                        "--no-binary", ":all:", "-d", str(root),
+                        f"llama-cpp-python=={LLAMA_CPP_VERSION}"], check=True)
         archive = sorted(root.glob("llama_cpp_python-*.tar.gz"))[-1]
         shutil.unpack_archive(archive, root)
         found = sorted(root.glob("llama_cpp_python-*/vendor/llama.cpp/convert_hf_to_gguf.py"))
@@ -193,7 +195,8 @@ import sys
 sys.argv = sys.argv[1:]
 sys.path.insert(0, sys.argv[0].rsplit("/", 1)[0])
 import convert_hf_to_gguf as convert
-convert.TextModel.get_vocab_base_pre = lambda self, tokenizer: "gpt-2"
+from conversion.base import TextModel
+TextModel.get_vocab_base_pre = lambda self, tokenizer: "gpt-2"
 convert.main()
 """
 
@@ -213,8 +216,11 @@ def converted_model(runtime: str, precision: str, folder: Path, python: Path) ->
     if not target.exists():
         script = llama_cpp_source() / "vendor" / "llama.cpp" / "convert_hf_to_gguf.py"
         target.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([str(python), "-c", GGUF_CONVERT, str(script), str(folder), "--outfile",
-                        str(target), "--outtype", precision], check=True)
+        # Away from the repository: `python -c` puts the working directory first on sys.path,
+        # and this repository's kernels/ would shadow the `kernels` package transformers imports.
+        subprocess.run([str(python), "-c", GGUF_CONVERT, str(script), str(folder.resolve()),
+                        "--outfile", str(target), "--outtype", precision], check=True,
+                       cwd=target.parent)
     return target
 
 
