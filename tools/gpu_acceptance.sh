@@ -31,7 +31,7 @@ CHECKPOINT=${CHECKPOINT:-$HOME/.cache/minillm/checkpoints/qwen2.5-0.5b}
 WHEELS=.whl
 # The server's packages, missing from GPU images that ship torch, Triton and transformers.
 SERVER_PACKAGES="fastapi starlette pydantic pydantic-core annotated-types typing-inspection
-typing-extensions annotated-doc opentelemetry-api uvicorn setuptools"
+typing-extensions annotated-doc opentelemetry-api uvicorn pyzmq setuptools"
 
 # name | time limit in seconds (0: none; setup takes seconds where the image has a CUDA torch,
 # minutes where torch comes from PyPI) | command
@@ -49,8 +49,6 @@ setup_venv() {
   if [ -x "$PY" ] && "$PY" -c 'import torch, minillm; assert torch.cuda.is_available()' 2>/dev/null; then
     echo "reusing $VENV"; return
   fi
-  local pip_from=()
-  [ -d "$WHEELS" ] && pip_from=(--no-index --find-links "$WHEELS")
   python3 -m venv "$VENV" || python3 -m venv --without-pip "$VENV" || return 1
   local pip=("$PY" -m pip)
   "$PY" -m pip --version >/dev/null 2>&1 || pip=(python3 -m pip --python "$PY")
@@ -58,12 +56,22 @@ setup_venv() {
     echo "reusing the CUDA torch of $(command -v python3)"
     local site
     site=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-    python3 -c 'import site; print("\n".join(site.getsitepackages()))' > "$site/host-python.pth"
+    # addsitedir, not a bare path: the image's own .pth files (namespace packages) apply too
+    python3 -c 'import site; print("\n".join(f"import site; site.addsitedir({d!r})"
+                                          for d in site.getsitepackages()))' > "$site/host-python.pth"
   else
     "${pip[@]}" install --quiet torch==2.13.0 || return 1
   fi
-  "${pip[@]}" install --quiet "${pip_from[@]}" 'setuptools>=68' || return 1
-  "${pip[@]}" install --quiet "${pip_from[@]}" --no-build-isolation -e . pytest aiohttp
+  if [ -d "$WHEELS" ]; then
+    # No registry: the carried wheels and minillm go in as they are (--no-deps); the rest of
+    # minillm's needs come from the image, and the import below says what is missing.
+    "${pip[@]}" install --quiet --no-index --no-deps "$WHEELS"/*.whl || return 1
+    "${pip[@]}" install --quiet --no-index --no-deps --no-build-isolation -e . || return 1
+  else
+    "${pip[@]}" install --quiet 'setuptools>=68' || return 1
+    "${pip[@]}" install --quiet --no-build-isolation -e . pytest aiohttp || return 1
+  fi
+  "$PY" -c 'import minillm.entrypoints.openai.api_server, minillm_kernels, pytest, aiohttp'
 }
 
 fetch_wheels() {
