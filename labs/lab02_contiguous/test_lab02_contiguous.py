@@ -137,8 +137,10 @@ def test_external_fragmentation_any_layout(impl, layout, size):
 @pytest.mark.parametrize("policy", ["first_fit", "best_fit"])
 def test_allocate_and_free(impl, policy):
     arena = impl.ContiguousAllocator(100, policy)
-    assert arena.allocate("a", 30) == 0
-    assert arena.allocate("b", 50) == 30
+    assert arena.allocate("a", 30) == 0, \
+        f"{policy}: allocate('a', 30) in an empty 100-slot arena must start at 0: {arena.regions}"
+    assert arena.allocate("b", 50) == 30, \
+        f"{policy}: allocate('b', 50) after 'a' took slots 0-29 must start at 30: {arena.regions}"
     got = arena.allocate("c", 30)
     assert got is None, f"allocate('c', 30) with 20 slots left returned {got}, expected None"
     assert "c" not in arena.regions, "a failed allocate must record nothing"
@@ -149,7 +151,8 @@ def test_allocate_and_free(impl, policy):
                         f"returned {got}, expected {want}"
     arena.append("b", 7)
     arena.append("b")
-    assert arena.num_tokens == 8
+    assert arena.num_tokens == 8, \
+        f"append('b', 7) then append('b'): num_tokens {arena.num_tokens}, expected 8"
     arena.append("b", 42)  # exactly fills b's 50 slots
     assert arena.regions["b"].used == 50, "append may fill a region exactly"
     with pytest.raises(ValueError):
@@ -177,11 +180,15 @@ def test_random_operations_never_overlap(impl, policy, rng):
                               f"{start}, expected {want}"
         if start is not None:
             live.append(rid)
-            assert arena.regions[rid].start == start and arena.regions[rid].size == size
+            assert arena.regions[rid].start == start and arena.regions[rid].size == size, \
+                f"{policy}: allocate({rid}, {size}) returned {start} but recorded " \
+                f"{arena.regions[rid]}"
         occupied = np.zeros(300, int)
         for r in arena.regions.values():
             occupied[r.start:r.start + r.size] += 1
-        assert occupied.max() <= 1 and arena.num_free == 300 - occupied.sum()
+        assert occupied.max() <= 1 and arena.num_free == 300 - occupied.sum(), \
+            f"{policy}: after allocate({rid}, {size}): {occupied.max()} regions on one slot " \
+            f"(at most 1), num_free {arena.num_free}, expected {300 - occupied.sum()}"
 
 
 def _occupied(arena, capacity):

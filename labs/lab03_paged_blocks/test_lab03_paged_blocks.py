@@ -128,7 +128,10 @@ def test_chunked_prefill_counts_the_blocks_held(impl, rng):
 def test_the_last_partial_block_has_room(impl):
     manager = impl.BlockManager(3, 16, enable_prefix_caching=False)
     seq = new_seq(48)
-    assert prefill(manager, seq, 40)  # 3 blocks held, the last has 8 slots free; none is free
+    # 3 blocks held, the last has 8 slots free; none is free
+    assert prefill(manager, seq, 40), \
+        f"allocate(40 of a 48-token prompt) with 3 free blocks of 16 returned False " \
+        f"({describe(manager, [seq])})"
     assert manager.can_allocate(seq, 8), \
         f"40 tokens in 3 blocks of 16, no free block: 8 more tokens fit in the last block " \
         f"({describe(manager, [seq])})"
@@ -147,7 +150,9 @@ def test_sequences_never_share_slots(impl, rng):
         seqs.append(seq)
     slots = [slot(s, t) for s in seqs for t in range(s.num_tokens)]
     assert len(slots) == len(set(slots)), f"two tokens share a slot: {describe(manager, seqs)}"
-    assert all(0 <= x < 64 * 16 for x in slots)
+    assert all(0 <= x < 64 * 16 for x in slots), \
+        f"slots {[x for x in slots if not 0 <= x < 64 * 16]} lie outside the 64 blocks of 16: " \
+        f"{describe(manager, seqs)}"
     used = sum(len(s.block_table) for s in seqs)
     assert manager.num_free_blocks == 64 - used, describe(manager, seqs)
     assert 64 - used < ceil_blocks(seq.num_tokens, 16), \
@@ -159,7 +164,8 @@ def test_sequences_never_share_slots(impl, rng):
 def test_decode_adds_a_block_only_when_the_last_is_full(impl):
     manager = impl.BlockManager(8, 4, enable_prefix_caching=False)
     seq = new_seq(3, block_size=4)
-    assert prefill(manager, seq) and len(seq.block_table) == 1
+    assert prefill(manager, seq) and len(seq.block_table) == 1, \
+        f"a 3-token prompt in blocks of 4 needs 1 block: {describe(manager, [seq])}"
     tables = []
     for _ in range(9):  # tokens 4 .. 12
         assert decode(manager, seq), describe(manager, [seq])
@@ -174,7 +180,9 @@ def test_decode_adds_a_block_only_when_the_last_is_full(impl):
 def test_decode_runs_out_cleanly(impl):
     manager = impl.BlockManager(2, 4, enable_prefix_caching=False)
     seq = new_seq(8, block_size=4)
-    assert prefill(manager, seq)
+    assert prefill(manager, seq), \
+        f"allocate(8-token prompt) with exactly 2 free blocks of 4 returned False " \
+        f"({describe(manager, [seq])})"
     table = list(seq.block_table)
     assert not manager.can_allocate(seq, 1), "token 9 needs a third block of 4, none is free"
     assert decode(manager, seq) is False, "allocate must return False when no block is free"
@@ -186,7 +194,9 @@ def test_growing_keeps_earlier_blocks(impl, rng):
     manager = impl.BlockManager(64, 16, enable_prefix_caching=False)
     seqs = [new_seq(rng.randint(1, 40)) for _ in range(4)]
     for seq in seqs:
-        assert prefill(manager, seq)
+        assert prefill(manager, seq), \
+            f"allocate({seq.num_tokens}-token prompt) with 64 blocks of 16 returned False " \
+            f"({describe(manager, seqs)})"
     first = [list(s.block_table) for s in seqs]
     for _ in range(rng.randint(20, 60)):
         for seq in seqs:
@@ -208,7 +218,9 @@ def test_free_returns_every_block(impl):
     manager = impl.BlockManager(16, 16, enable_prefix_caching=False)
     a, b = new_seq(50), new_seq(30)
     prefill(manager, a), prefill(manager, b)
-    assert manager.num_free_blocks == 16 - 4 - 2
+    assert manager.num_free_blocks == 16 - 4 - 2, \
+        f"50- and 30-token prompts hold 4 + 2 blocks of 16: {describe(manager, [a, b])}, " \
+        "expected 10 free"
     manager.free(a)
     assert a.block_table == [] and manager.num_free_blocks == 14, \
         f"after freeing a 50-token sequence: {describe(manager, [a, b])}, expected 14 free"
@@ -225,7 +237,9 @@ def test_freed_blocks_go_to_the_back_tail_first(impl):
     assert prefill(manager, a) and a.block_table == [0, 1, 2], a.block_table
     manager.free(a)
     b = new_seq(36, block_size=4)  # 9 of the 10 blocks
-    assert prefill(manager, b)
+    assert prefill(manager, b), \
+        f"allocate(36-token prompt) with 10 free blocks of 4 returned False " \
+        f"({describe(manager, [b])})"
     assert b.block_table == [3, 4, 5, 6, 7, 8, 9, 2, 1], \
         f"after freeing blocks [0, 1, 2], the next 9 blocks taken were {b.block_table}, " \
         "expected the never-used 3..9 first, then the freed ones tail first: 2, 1"
@@ -235,7 +249,9 @@ def test_freed_blocks_go_to_the_back_tail_first(impl):
 def test_a_forked_block_is_freed_by_its_last_holder(impl):
     manager = impl.BlockManager(8, 4, enable_prefix_caching=False)
     parent, child = new_seq(10, block_size=4), new_seq(0, block_size=4)
-    assert prefill(manager, parent)
+    assert prefill(manager, parent), \
+        f"allocate(10-token prompt) with 8 free blocks of 4 returned False " \
+        f"({describe(manager, [parent])})"
     manager.fork(parent, child)  # 3 blocks, each held twice
     manager.free(parent)
     assert manager.num_free_blocks == 5, \
@@ -330,7 +346,8 @@ def test_replay_with_your_block_manager_matches_minillm(impl):
     capacity = 8192  # tight: preemptions happen
     want = replay(trace, capacity, "paged", map_every=25, allocator_cls=BlockManager)
     got = replay(trace, capacity, "paged", map_every=25, allocator_cls=impl.BlockManager)
-    assert want.preemptions > 0
+    assert want.preemptions > 0, \
+        f"the trace must preempt in {capacity} slots: minillm's replay made {want.preemptions}"
     assert got.summary() == want.summary(), \
         f"chapter 4's replay (200 requests, {capacity} slots) with your BlockManager:\n" \
         f"{got.summary()}\nwith minillm's:\n{want.summary()}"

@@ -64,7 +64,9 @@ def new_seq(name: str, prompt_len: int, arrival: float, max_tokens: int = 1000,
 def put_running(sched, seq: Sequence, computed: int, decoding: bool = True) -> Sequence:
     """Make `seq` a running sequence with `computed` tokens in the cache; a decoding one also
     has its next token sampled (one token left to compute)."""
-    assert sched.block_manager.allocate(seq, computed)
+    assert sched.block_manager.allocate(seq, computed), \
+        f"setup: {seq.request_id}'s {computed} computed tokens do not fit in the " \
+        f"{sched.block_manager.num_free_blocks} free blocks"
     seq.num_computed_tokens = computed
     while decoding and seq.num_tokens <= computed:
         seq.append_token(TOKEN)
@@ -132,7 +134,8 @@ def test_preempt_by_swap_keeps_the_computed_tokens(Scheduler):
     assert [device for device, _ in moves] == device_table, \
         f"B's device blocks {device_table} should be recorded to swap out, got {moves} " \
         "(use block_manager.swap_out)"
-    assert sched.stats.num_preemptions == 1
+    assert sched.stats.num_preemptions == 1, \
+        f"stats.num_preemptions is {sched.stats.num_preemptions} after one preemption (swap)"
 
 
 @pytest.mark.task4_1
@@ -143,7 +146,9 @@ def test_swap_falls_back_to_recompute_when_the_cpu_pool_is_full(Scheduler):
     assert b in sched.waiting and b.status == SequenceStatus.WAITING and b.block_table == [], \
         f"B holds 3 blocks and the CPU pool has 2: it cannot swap out (check " \
         f"block_manager.can_swap_out) and must be recomputed; status {b.status}, {queues(sched)}"
-    assert sched.block_manager.num_free_blocks == 16
+    assert sched.block_manager.num_free_blocks == 16, \
+        f"B is recomputed: all 16 blocks should be free again, " \
+        f"{sched.block_manager.num_free_blocks} are (B's table: {b.block_table})"
 
 
 @pytest.mark.task4_1
@@ -154,7 +159,9 @@ def test_preempting_any_running_sequence_keeps_the_books(Scheduler, rng):
                             decoding=False) for i in range(rng.randint(1, 6))]
         for seq in seqs:  # some tokens computed, some not
             computed = rng.randint(0, seq.num_tokens)
-            assert sched.block_manager.allocate(seq, computed)
+            assert sched.block_manager.allocate(seq, computed), \
+                f"setup: {seq.request_id}'s {computed} computed tokens do not fit in the " \
+                f"{sched.block_manager.num_free_blocks} free blocks"
             seq.num_computed_tokens = computed
         victims = rng.sample(seqs, rng.randint(1, len(seqs)))
         for victim in victims:
@@ -167,7 +174,9 @@ def test_preempting_any_running_sequence_keeps_the_books(Scheduler, rng):
             f"after preempting {[v.request_id for v in victims]}: {held_blocks(sched)} blocks " \
             f"held by running sequences, so {64 - held_blocks(sched)} should be free, not " \
             f"{sched.block_manager.num_free_blocks}"
-        assert sched.stats.num_preemptions == len(victims)
+        assert sched.stats.num_preemptions == len(victims), \
+            f"preempted {[v.request_id for v in victims]}: stats.num_preemptions is " \
+            f"{sched.stats.num_preemptions}, expected {len(victims)}"
 
 
 # -- 4.2 allocate or preempt ----------------------------------------------------------------------
@@ -176,7 +185,9 @@ def full_house(Scheduler, policy="fcfs", priorities=(0, 0, 0)):
     sched = make(Scheduler, num_blocks=6, policy=policy)
     seqs = [put_running(sched, new_seq(name, 8, float(i), priority=p), 8)
             for i, (name, p) in enumerate(zip("ABC", priorities))]
-    assert sched.block_manager.num_free_blocks == 0
+    assert sched.block_manager.num_free_blocks == 0, \
+        f"setup: A, B, C (8 tokens each) should hold all 6 blocks, " \
+        f"{sched.block_manager.num_free_blocks} are free"
     return sched, seqs
 
 
@@ -198,7 +209,9 @@ def test_a_sequence_can_be_its_own_victim(Scheduler):
     a = put_running(sched, new_seq("A", 7, 0.0), 7)  # room for one more token in its block
     b = put_running(sched, new_seq("B", 7, 1.0), 7)
     c = put_running(sched, new_seq("C", 4, 2.0), 4)  # its block is full
-    assert sched.block_manager.num_free_blocks == 0
+    assert sched.block_manager.num_free_blocks == 0, \
+        f"setup: A (7 tokens), B (7), C (4) should hold all 5 blocks, " \
+        f"{sched.block_manager.num_free_blocks} are free"
     out = reference.SchedulerOutput()
     out.add(a, 1)  # A and B are already in this step's batch
     out.add(b, 1)
@@ -214,7 +227,9 @@ def test_priority_policy_preempts_the_lowest_priority(Scheduler):
     # B is the newest, but C has the lowest priority (largest value): C goes.
     sched, (a, b, c) = full_house(Scheduler, policy="priority", priorities=(0, 0, 5))
     c.arrival_time = -1.0  # C arrived first, yet priority decides
-    assert sched._allocate_or_preempt(a, 1, reference.SchedulerOutput())
+    assert sched._allocate_or_preempt(a, 1, reference.SchedulerOutput()), \
+        "priority policy: A needs one block and C (priority 5) can give two: A should get it " \
+        "(True)"
     assert c in sched.waiting and b in sched.running, \
         f"priority policy: A=0, B=0, C=5 (C arrived first): C has the lowest priority and is " \
         f"the victim (use self.order); {queues(sched)}"
@@ -226,14 +241,21 @@ def test_preempts_as_many_as_needed(Scheduler):
     a = put_running(sched, new_seq("A", 16, 0.0), 8, decoding=False)  # prefill under way
     b = put_running(sched, new_seq("B", 4, 1.0), 4)  # 1 block each
     c = put_running(sched, new_seq("C", 4, 2.0), 4)
-    assert sched.block_manager.allocate(new_seq("X", 8, 9.0), 8)  # someone else holds 2
-    assert sched.block_manager.num_free_blocks == 0
+    # someone else holds 2
+    assert sched.block_manager.allocate(new_seq("X", 8, 9.0), 8), \
+        f"setup: X's 8 tokens should take the last 2 free blocks, " \
+        f"{sched.block_manager.num_free_blocks} are free"
+    assert sched.block_manager.num_free_blocks == 0, \
+        f"setup: A, B, C and X should hold all 6 blocks, " \
+        f"{sched.block_manager.num_free_blocks} are free"
     assert sched._allocate_or_preempt(a, 8, reference.SchedulerOutput()) is True, \
         "A needs 2 more blocks; C and B hold one each: preempt both, then A fits (True)"
     assert [s.request_id for s in sched.waiting] == ["C", "B"], \
         f"A needs 2 blocks, C (newest) and B hold one each: both preempted, C first; " \
         f"{queues(sched)}"
-    assert len(a.block_table) == 4 and sched.stats.num_preemptions == 2
+    assert len(a.block_table) == 4 and sched.stats.num_preemptions == 2, \
+        f"A (16 tokens) should hold 4 blocks after 2 preemptions: A holds {a.block_table}, " \
+        f"stats.num_preemptions is {sched.stats.num_preemptions}"
 
 
 @pytest.mark.task4_2
@@ -281,7 +303,9 @@ def test_decodes_and_a_prefill_under_way(Scheduler):
         f"A, B decoding, C with 12 of its 20 prompt tokens computed, budget 64: expected " \
         f"['A:1', 'B:1', 'C:8'] (oldest first; C computes only what it has not), got {plan(out)}"
     assert left == 64 - 10, f"10 tokens scheduled from a budget of 64: return 54, not {left}"
-    assert [s.request_id for s in out.sampled_seqs] == ["A", "B", "C"]
+    assert [s.request_id for s in out.sampled_seqs] == ["A", "B", "C"], \
+        f"A, B decode and C's chunk finishes its prompt: all three sample a token, expected " \
+        f"['A', 'B', 'C'], got {[s.request_id for s in out.sampled_seqs]}"
 
 
 @pytest.mark.task4_3
@@ -309,7 +333,9 @@ def test_a_victim_preempted_in_the_loop_is_skipped(Scheduler):
         f"A, B, C decoding, each needs a block, none free: A's decode preempts C, which frees 2 " \
         f"(B's decode takes one); C is then skipped. Expected ['A:1', 'B:1'], 62 left; got " \
         f"{plan(out)}, {left} left; {queues(sched)}"
-    assert sched.block_manager.num_free_blocks == 0 and c.block_table == []
+    assert sched.block_manager.num_free_blocks == 0 and c.block_table == [], \
+        f"C's 2 blocks are freed and A, B take one each: expected 0 free and C's table [], " \
+        f"got {sched.block_manager.num_free_blocks} free and {c.block_table}"
 
 
 @pytest.mark.task4_3
@@ -374,7 +400,9 @@ def test_max_num_seqs(Scheduler, running, max_num_seqs):
     assert plan(out) == want, \
         f"{running} running, max_num_seqs={max_num_seqs}, A, B, C waiting: {seats} may come in " \
         f"-> {want}; got {plan(out)}"
-    assert len(sched.running) <= max_num_seqs
+    assert len(sched.running) <= max_num_seqs, \
+        f"{running} running, max_num_seqs={max_num_seqs}: {len(sched.running)} running after " \
+        f"admitting; {queues(sched)}"
 
 
 @pytest.mark.task4_4
@@ -386,7 +414,9 @@ def test_no_queue_jumping_when_blocks_are_short(Scheduler):
     assert plan(out) == [] and sorted(s.request_id for s in sched.waiting) == ["A", "B"], \
         f"4 free blocks; A (first) needs 5, B needs 1: A cannot come in, and B must not jump " \
         f"the queue (first come, first served): expected [], got {plan(out)}; {queues(sched)}"
-    assert sched.block_manager.num_free_blocks == 4
+    assert sched.block_manager.num_free_blocks == 4, \
+        f"neither A nor B comes in: all 4 blocks stay free, " \
+        f"{sched.block_manager.num_free_blocks} are"
 
 
 @pytest.mark.task4_4
@@ -425,7 +455,10 @@ def test_random_admissions(Scheduler, rng):
             f"waiting {[(n, p) for n, p, _ in specs]} (name, prompt tokens), budget {budget}, " \
             f"max_num_seqs {seats}, {num_blocks} free blocks of {BLOCK}: expected {want}, got " \
             f"{plan(out)}"
-        assert sched.block_manager.num_free_blocks == num_blocks - held_blocks(sched)
+        assert sched.block_manager.num_free_blocks == num_blocks - held_blocks(sched), \
+            f"waiting {[(n, p) for n, p, _ in specs]}: {held_blocks(sched)} blocks held by " \
+            f"running sequences, so {num_blocks - held_blocks(sched)} of {num_blocks} should be " \
+            f"free, not {sched.block_manager.num_free_blocks}"
 
 
 # -- 4.5 the whole step -----------------------------------------------------------------------------

@@ -331,4 +331,7 @@ def test_engine_with_your_kernel_pieces_generates_the_same_tokens(impl, monkeypa
             prompts, params, use_tqdm=False)
         return [o.outputs[0].token_ids for o in outputs]
 
-    assert tokens("triton") == tokens("torch")
+    got, want = tokens("triton"), tokens("torch")
+    assert got == want, \
+        f"greedy tokens for {prompts} with your kernel pieces in the Triton backend: {got}, " \
+        f"expected the torch backend's {want}"

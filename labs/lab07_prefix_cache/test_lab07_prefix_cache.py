@@ -160,7 +160,8 @@ def test_cache_full_blocks_extends_the_chain_step_by_step(impl, rng):
         assert seq.block_hashes == keys_of(tokens[:computed], 4), \
             f"after {computed} of {len(tokens)} tokens computed (blocks of 4), " \
             f"block_hashes has {len(seq.block_hashes)} keys, expected {computed // 4}"
-    assert len(bm.cached) == 5
+    assert len(bm.cached) == 5, \
+        f"23 tokens computed in blocks of 4: 5 full blocks cached, bm.cached has {len(bm.cached)}"
 
 
 @pytest.mark.task7_1
@@ -232,7 +233,7 @@ def test_a_prompt_reuses_the_cached_prefix(impl, rng):
 def test_one_token_is_always_left_to_compute(impl):
     bm = impl.BlockManager(8, 4)
     a = new_seq(range(8), 4)
-    assert admit(bm, a)
+    assert admit(bm, a), f"admit(8-token prompt) into 8 free blocks of 4: {books(bm, [a])}"
     b = new_seq(range(8), 4)  # the same 8 tokens: 2 full blocks, both cached
     bm.reuse_cached_prefix(b)
     assert b.block_table == a.block_table[:1] and b.num_computed_tokens == 4, \
@@ -245,7 +246,7 @@ def test_one_token_is_always_left_to_compute(impl):
 def test_a_chain_breaks_at_the_first_different_block(impl):
     bm = impl.BlockManager(16, 4)
     a = new_seq([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13], 4)
-    assert admit(bm, a)
+    assert admit(bm, a), f"admit(13-token prompt) into 16 free blocks of 4: {books(bm, [a])}"
     b = new_seq([1, 2, 3, 4, 0, 6, 7, 8, 9, 10, 11, 12, 13], 4)  # block 1 differs, block 2 not
     bm.reuse_cached_prefix(b)
     assert b.block_table == a.block_table[:1], \
@@ -258,7 +259,7 @@ def test_a_chain_breaks_at_the_first_different_block(impl):
 def test_a_freed_prefix_stays_cached_until_reused(impl):
     bm = impl.BlockManager(6, 4)
     a = new_seq(range(100, 113), 4)  # 13 tokens: 3 full blocks + 1
-    assert admit(bm, a)
+    assert admit(bm, a), f"admit(13-token prompt) into 6 free blocks of 4: {books(bm, [a])}"
     table = list(a.block_table)
     bm.free(a)
     assert bm.num_free_blocks == 6 and len(bm.cached) == 3, \
@@ -267,7 +268,8 @@ def test_a_freed_prefix_stays_cached_until_reused(impl):
     assert admit(bm, b), books(bm, [b])
     assert b.block_table[:3] == table[:3], \
         f"the freed, cached blocks {table[:3]} should be adopted again, got {b.block_table}"
-    assert b.num_cached_tokens == 12
+    assert b.num_cached_tokens == 12, \
+        f"3 cached blocks of 4 adopted: num_cached_tokens {b.num_cached_tokens}, expected 12"
     assert all(i not in bm.free_block_ids for i in b.block_table), \
         f"adopted blocks must leave the free list ({books(bm, [b])})"
     check_books(bm, [b])
@@ -279,12 +281,16 @@ def test_the_least_recently_freed_prefix_is_evicted_first(impl, rng):
     bm = impl.BlockManager(6, size)
     old, new = ([rng.randrange(1000) for _ in range(2 * size + 1)] for _ in range(2))
     a, b = new_seq(old, size), new_seq(new, size)
-    assert admit(bm, a) and admit(bm, b)  # 3 blocks each: all 6 taken
+    # 3 blocks each: all 6 taken
+    assert admit(bm, a) and admit(bm, b), \
+        f"admit two {2 * size + 1}-token prompts into 6 free blocks of {size}: " \
+        f"{books(bm, [a, b])}"
     a_table, b_table = list(a.block_table), list(b.block_table)
     bm.free(a)  # a first: its blocks are the least recently freed
     bm.free(b)
     c = new_seq([rng.randrange(1000, 2000) for _ in range(2 * size)], size)  # 2 fresh blocks
-    assert admit(bm, c)
+    assert admit(bm, c), \
+        f"admit({2 * size}-token prompt) into 6 freed blocks of {size}: {books(bm, [c])}"
     assert set(c.block_table) <= set(a_table), \
         f"the blocks freed first ({a_table}, then {b_table}) are reused first: the new " \
         f"sequence got {c.block_table}"
@@ -307,7 +313,7 @@ def test_the_least_recently_freed_prefix_is_evicted_first(impl, rng):
 def test_an_evicted_block_holds_no_key(impl):
     bm = impl.BlockManager(2, 4)
     a = new_seq(range(5), 4)
-    assert admit(bm, a)
+    assert admit(bm, a), f"admit(5-token prompt) into 2 free blocks of 4: {books(bm, [a])}"
     key = a.block_hashes[0]
     bm.free(a)
     taken = [bm._take_free_block(), bm._take_free_block()]
@@ -320,10 +326,13 @@ def test_an_evicted_block_holds_no_key(impl):
 def test_no_reuse_without_prefix_caching(impl):
     bm = impl.BlockManager(8, 4, enable_prefix_caching=False)
     a = new_seq(range(9), 4)
-    assert admit(bm, a)
+    assert admit(bm, a), \
+        f"admit(9-token prompt) into 8 free blocks of 4, no prefix caching: {books(bm, [a])}"
     b = new_seq(range(9), 4)
     bm.reuse_cached_prefix(b)
-    assert b.block_table == [] and b.num_computed_tokens == 0
+    assert b.block_table == [] and b.num_computed_tokens == 0, \
+        f"enable_prefix_caching=False: nothing to adopt, got table {b.block_table} and " \
+        f"{b.num_computed_tokens} tokens computed"
 
 
 prompts = st.lists(st.lists(st.integers(0, 2), min_size=1, max_size=14), min_size=1,
@@ -355,12 +364,16 @@ def test_sharing_prefixes_keeps_the_books(impl, prompts, frees, num_blocks):
 def test_fork_shares_every_block(impl, rng):
     bm = impl.BlockManager(8, 4)
     parent = new_seq([rng.randrange(100) for _ in range(10)], 4)
-    assert admit(bm, parent)
+    assert admit(bm, parent), \
+        f"admit(10-token prompt) into 8 free blocks of 4: {books(bm, [parent])}"
     child = new_seq(parent.token_ids, 4)
     bm.fork(parent, child)
     assert child.block_table == parent.block_table and child.block_table is not \
         parent.block_table, "the child gets its own list naming the same blocks"
-    assert child.num_computed_tokens == 10 and child.block_hashes == parent.block_hashes
+    assert child.num_computed_tokens == 10 and child.block_hashes == parent.block_hashes, \
+        f"fork of a 10-token parent: the child has {child.num_computed_tokens} tokens computed " \
+        f"and {len(child.block_hashes)} keys; expected 10 and the parent's " \
+        f"{len(parent.block_hashes)} keys"
     assert [bm.blocks[i].ref_count for i in parent.block_table] == [2, 2, 2], \
         "each shared block has one reference per holder"
     check_books(bm, [parent, child])
@@ -370,12 +383,16 @@ def test_fork_shares_every_block(impl, rng):
 def test_a_write_to_a_shared_block_copies_it(impl):
     bm = impl.BlockManager(8, 4)
     parent = new_seq(range(6), 4)  # blocks 0 (full) and 1 (2 of 4 tokens)
-    assert admit(bm, parent)
+    assert admit(bm, parent), \
+        f"admit(6-token prompt) into 8 free blocks of 4: {books(bm, [parent])}"
     child = new_seq(parent.token_ids, 4)
     bm.fork(parent, child)
     shared = list(parent.block_table)
     bm.take_moves()
-    assert decode(bm, parent, 50)  # token 6 goes into the shared, partly filled block 1
+    # token 6 goes into the shared, partly filled block 1
+    assert decode(bm, parent, 50), \
+        f"decode into the shared block {shared[1]}, free blocks left, returned False " \
+        f"({books(bm, [parent, child])})"
     moves = bm.take_moves()
     assert parent.block_table[0] == shared[0] and parent.block_table[1] != shared[1], \
         f"the writer keeps the full shared block {shared[0]} and gets a fresh block for the " \
@@ -389,7 +406,8 @@ def test_a_write_to_a_shared_block_copies_it(impl):
         f"{[bm.blocks[i].ref_count for i in shared]}, expected [2, 1]"
     assert decode(bm, child, 60) and bm.take_moves().copies == [], \
         "the child now holds block 1 alone: it writes in place, no copy"
-    assert child.block_table == shared
+    assert child.block_table == shared, \
+        f"the child wrote in place: its table is {child.block_table}, expected {shared}"
     check_books(bm, [parent, child])
 
 
@@ -397,14 +415,18 @@ def test_a_write_to_a_shared_block_copies_it(impl):
 def test_a_full_shared_block_is_never_copied(impl):
     bm = impl.BlockManager(8, 4)
     parent = new_seq(range(8), 4)  # two full blocks
-    assert admit(bm, parent)
+    assert admit(bm, parent), \
+        f"admit(8-token prompt) into 8 free blocks of 4: {books(bm, [parent])}"
     child = new_seq(parent.token_ids, 4)
     bm.fork(parent, child)
     bm.take_moves()
-    assert decode(bm, parent, 1) and decode(bm, child, 2)
+    assert decode(bm, parent, 1) and decode(bm, child, 2), \
+        f"decodes after 2 full shared blocks, free blocks left: {books(bm, [parent, child])}"
     assert bm.take_moves().copies == [], "new tokens go into new blocks: nothing to copy"
     assert parent.block_table[:2] == child.block_table[:2] and \
-        parent.block_table[2] != child.block_table[2]
+        parent.block_table[2] != child.block_table[2], \
+        f"the 2 full blocks stay shared, token 9 goes into a block of its own: parent " \
+        f"{parent.block_table}, child {child.block_table}"
     check_books(bm, [parent, child])
 
 
@@ -412,7 +434,8 @@ def test_a_full_shared_block_is_never_copied(impl):
 def test_no_free_block_for_the_copy(impl):
     bm = impl.BlockManager(2, 4)
     parent = new_seq(range(6), 4)
-    assert admit(bm, parent)
+    assert admit(bm, parent), \
+        f"admit(6-token prompt) into 2 free blocks of 4: {books(bm, [parent])}"
     child = new_seq(parent.token_ids, 4)
     bm.fork(parent, child)
     table = list(parent.block_table)
@@ -428,7 +451,9 @@ def test_n_samples_write_apart(impl, rng):
     size = rng.choice([2, 4, 8])
     bm, memory = impl.BlockManager(64, size), FakeKV(size)
     parent = new_seq([rng.randrange(100) for _ in range(rng.randint(1, 3 * size))], size)
-    assert memory.admit(bm, parent)
+    assert memory.admit(bm, parent), \
+        f"admit({parent.num_tokens}-token prompt) into 64 free blocks of {size}: " \
+        f"{books(bm, [parent])}"
     samples = [parent]
     for _ in range(rng.randint(1, 4)):
         child = new_seq(parent.token_ids, size)

@@ -83,7 +83,9 @@ def events(url: str, body: dict) -> list[str]:
     with httpx.stream("POST", f"{url}/v1/completions", json=body | {"stream": True},
                       timeout=120) as response:
         assert response.status_code == 200, response.read()
-        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["content-type"].startswith("text/event-stream"), \
+            f"streamed answer to {body}: content-type {response.headers['content-type']!r}, " \
+            "expected text/event-stream"
         raw = response.read().decode()
     assert raw.endswith("\n\n"), f"the stream does not end with a blank line: {raw[-80:]!r}"
     payloads = []
@@ -267,5 +269,8 @@ def test_concurrent_streams_with_the_openai_client(url, rng):
         want = client.completions.create(**body_args(body))
         texts, usage = results[k]
         assert texts == {c.index: c.text for c in want.choices}, f"request {k} ({body})"
-        assert usage is not None and usage.completion_tokens == want.usage.completion_tokens
-    assert wait_idle(url)["vllm:kv_cache_usage_perc"] == 0
+        assert usage is not None and usage.completion_tokens == want.usage.completion_tokens, \
+            f"request {k} ({body}): the streamed usage is {usage}, expected completion_tokens " \
+            f"{want.usage.completion_tokens}"
+    assert wait_idle(url)["vllm:kv_cache_usage_perc"] == 0, \
+        f"all {len(bodies)} concurrent streams ended, but the engine still holds KV blocks"
