@@ -497,13 +497,16 @@ def test_continuous_batching_the_seed_example(Scheduler):
 
 @pytest.mark.task4_5
 def test_a_step_that_preempts_admits_nobody(Scheduler):
-    sched, (a, b, c) = full_house(Scheduler)
-    waiting(sched, ("W", 1, 9.0))
+    sched = make(Scheduler, num_blocks=7, policy="priority")
+    for name, arrival, priority in (("A", 0.0, 0), ("B", 1.0, 0), ("C", 2.0, 1)):
+        put_running(sched, new_seq(name, 8, arrival, priority=priority), 8)
+    sched.add(new_seq("W", 1, 9.0, priority=0))
     out = sched.schedule()
     assert plan(out) == ["A:1", "B:1"] and [s.request_id for s in sched.waiting] == ["W", "C"], \
-        f"A, B, C need a block each, none free: C is preempted, and W (1 token, would fit " \
-        f"C's freed block) must not come in this step: memory is tight. Expected " \
-        f"['A:1', 'B:1'], got {plan(out)}; {queues(sched)}"
+        f"A, B, C (priorities 0, 0, 1) hold 6 of 7 blocks and need one more each: A takes the " \
+        f"free one, C is preempted for B, and one block is left. W (priority 0, 1 token) would " \
+        f"fit it but must not come in this step: memory is tight. Expected ['A:1', 'B:1'], got " \
+        f"{plan(out)}; {queues(sched)}"
 
 
 @pytest.mark.task4_5
@@ -525,6 +528,23 @@ def test_swapped_sequences_come_back_before_new_ones(Scheduler):
         f"recorded in out.moves), so W (3 blocks) cannot come in. Got {plan(out2)}, moves " \
         f"{out2.moves}; {queues(sched)}"
 
+
+
+@pytest.mark.task4_5
+def test_new_ones_come_in_beside_a_sequence_swapped_back(Scheduler):
+    sched = make(Scheduler, num_blocks=4, mode="swap", num_cpu_blocks=8)
+    a = put_running(sched, new_seq("A", 8, 0.0), 8)
+    b = put_running(sched, new_seq("B", 8, 1.0), 8)
+    out1 = sched.schedule()  # A's decode needs a block: B swaps out
+    assert sched.swapped == [b], f"step 1: B should be swapped out; {queues(sched)}"
+    sched.update_from_output(out1, [TOKEN])
+    sched.finish(a, "stop")
+    waiting(sched, ("W", 4, 2.0))
+    out2 = sched.schedule()
+    assert b in sched.running and plan(out2) == ["W:4"], \
+        f"step 2: A finished, 4 blocks free; B comes back (2 blocks) before the waiting ones " \
+        f"are looked at, so nothing is swapped out any more and W (4 tokens, 1 block) comes in " \
+        f"in the same step. Expected ['W:4'], got {plan(out2)}; {queues(sched)}"
 
 def run_workload(Scheduler, workload, num_blocks, budget, seats, mode, policy, max_steps=400):
     """Run a workload to the end; every step's plan, the preemptions, and invariant checks."""
