@@ -303,6 +303,22 @@ def test_api_key_comes_from_the_environment(server):
     assert API_KEY not in " ".join(server.process.args)  # not on the command line
 
 
+
+@pytest.mark.parametrize("flag,environment,expected", [
+    (None, {"VLLM_API_KEY": "v"}, "v"),  # vLLM's variable, for deployments written for vLLM
+    (None, {"MINILLM_API_KEY": "m", "VLLM_API_KEY": "v"}, "m"),
+    ("f", {"MINILLM_API_KEY": "m", "VLLM_API_KEY": "v"}, "f"),  # the flag wins
+    (None, {}, None),  # no key: the server is open
+])
+def test_api_key_sources_in_order(monkeypatch, flag, environment, expected):
+    from minillm.entrypoints.openai.api_server import api_key
+
+    for name in ("MINILLM_API_KEY", "VLLM_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert api_key(argparse.Namespace(api_key=flag)) == expected, f"--api-key {flag}, {environment}"
+
 def test_headers_sent_too_slowly_close_the_connection(server):
     started = time.monotonic()
     received = raw_request(server, "POST /v1/completions HTTP/1.1\r\nHost: x\r\n", wait=10)
