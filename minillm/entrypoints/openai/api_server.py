@@ -90,12 +90,18 @@ def errors(*statuses: int) -> dict:
     return {status: ERROR_RESPONSES[status] for status in statuses}
 
 
+# One server-sent event, as OpenAPI tools read a stream: its fields (`data`, the JSON text of a
+# chunk, and for /v1/responses `event`, its type)
+SSE_EVENT = {"type": "object", "required": ["data"],
+             "properties": {"event": {"type": "string"}, "data": {"type": "string"}}}
+
+
 def generated(model: type) -> dict:
     """A generation's 200: a JSON body, or with `"stream": true` server-sent events (chunks of
     the same shape, then `data: [DONE]`)."""
     return {200: {"model": model, "description": "The response; with `stream: true`, "
                   "server-sent events: one chunk of this shape per event, then `data: [DONE]`",
-                  "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                  "content": {"text/event-stream": {"schema": SSE_EVENT}}},
             **errors(404, 429, 503)}
 
 
@@ -120,10 +126,7 @@ async def chat_completions(request: ChatCompletionRequest, raw: Request):
              "model": ResponseObject, "description": "The response; with `stream: true`, "
              "server-sent events of the Responses API (`event: response.created` ... "
              "`event: response.completed`)",
-             "content": {"text/event-stream": {"schema": {"anyOf": [
-                 {"type": "object", "required": ["event", "data"],
-                  "properties": {"event": {"type": "string"}, "data": {"type": "string"}}},
-                 {"type": "string"}]}}}}})  # an error after the headers: data alone
+             "content": {"text/event-stream": {"schema": SSE_EVENT}}}})
 async def responses(request: ResponsesRequest, raw: Request):
     """OpenAI's Responses API for text in, text out (see serving_responses.py)."""
     return await state(raw).responses.create_response(request, raw)
