@@ -136,3 +136,50 @@ def test_streamed_echo_logprobs_equal_the_whole_response(server, reference):
     assert text == whole["text"]
     assert tokens == whole["logprobs"]["tokens"]
     assert token_logprobs == pytest.approx(whole["logprobs"]["token_logprobs"], abs=1e-5)
+
+
+def assert_vllm_prompt_logprobs(model, prompt: list[int], entries: list, k: int) -> None:
+    """vLLM's `prompt_logprobs` shape: null first, then {token id: {logprob, rank,
+    decoded_token}} holding the prompt token and the top k, equal to transformers'."""
+    expected = reference_logprobs(model, prompt)
+    assert len(entries) == len(prompt) and entries[0] is None, f"prompt {prompt}: {entries[:2]}"
+    for pos in range(1, len(prompt)):
+        row, entry, where = expected[pos - 1], entries[pos], f"prompt {prompt}, position {pos}"
+        top = set(row.topk(k).indices.tolist()) if k else set()
+        assert set(map(int, entry)) == top | {prompt[pos]}, (where, entry)
+        for token, e in entry.items():
+            assert abs(e["logprob"] - float(row[int(token)])) < 1e-4, (where, token, e)
+            assert e["rank"] == 1 + int((row > row[int(token)]).sum()), (where, token, e)
+
+
+@pytest.mark.parametrize("k", [0, 3])
+def test_prompt_logprobs_field_as_vllm_answers_it(server, reference, k):
+    """vLLM's `prompt_logprobs: k`: completions carry them in each choice, chat at the top."""
+    prompts = random_prompts(2, reference.config.vocab_size, seed=random.randrange(10**6))
+    body = complete(server, prompt=prompts, max_tokens=2, prompt_logprobs=k)
+    for prompt, choice in zip(prompts, body["choices"]):
+        assert_vllm_prompt_logprobs(reference, prompt, choice["prompt_logprobs"], k)
+        assert choice["logprobs"] is None  # not asked for
+    # with echo and a different k for the echoed logprobs: each answer keeps its own k
+    body = complete(server, prompt=prompts[0], max_tokens=1, prompt_logprobs=k, echo=True,
+                    logprobs=1)
+    choice = body["choices"][0]
+    assert_vllm_prompt_logprobs(reference, prompts[0], choice["prompt_logprobs"], k)
+    assert all(len(top) <= 2 for top in choice["logprobs"]["top_logprobs"][1:]), choice
+    # chat: one prompt, the top-level field (as vLLM)
+    response = httpx.post(f"{server.url}/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 2,
+        "prompt_logprobs": k}, timeout=60)
+    assert response.status_code == 200, response.text
+    ids = httpx.post(f"{server.url}/tokenize", json={
+        "messages": [{"role": "user", "content": "Hello there"}]}, timeout=60).json()["tokens"]
+    assert_vllm_prompt_logprobs(reference, ids, response.json()["prompt_logprobs"], k)
+
+
+def test_prompt_logprobs_are_left_out_unless_asked_and_refused_with_a_stream(server):
+    body = complete(server, prompt="Hello", max_tokens=1)
+    assert "prompt_logprobs" not in body["choices"][0]
+    response = httpx.post(f"{server.url}/v1/completions", json={
+        "prompt": "Hello", "max_tokens": 1, "prompt_logprobs": 1, "stream": True}, timeout=30)
+    assert response.status_code == 400 and \
+        response.json()["error"]["param"] == "prompt_logprobs", response.text

@@ -93,6 +93,7 @@ IMPLEMENTED = {
     "stream_options": "test_server_endpoints.py::test_continuous_usage_stats",
     "priority": F + "test_priority_needs_the_priority_policy",
     "echo": "test_server_echo.py::test_echo_logprobs_as_lm_eval_sends_them",
+    "prompt_logprobs": "test_server_echo.py::test_prompt_logprobs_field_as_vllm_answers_it",
     "best_of": F + "test_best_of_returns_the_likeliest_samples",
     "truncate_prompt_tokens": F + "test_truncate_prompt_tokens",
     "include_stop_str_in_output": F + "test_include_stop_str_in_output",

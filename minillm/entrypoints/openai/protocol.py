@@ -182,6 +182,8 @@ class SamplingFields(RequestBody):
     truncate_prompt_tokens: int | None = Field(None, ge=1, le=INT64_MAX)  # keep the last k
     include_stop_str_in_output: bool = False
     return_tokens_as_token_ids: bool | None = None  # logprobs' tokens as "token_id:1234"
+    # the prompt's own logprobs, the top k of each position (vLLM's; not with a stream)
+    prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     request_id: str | None = REQUEST_ID  # names the request (else X-Request-Id, else random)
     # structured outputs: at most one of these asks (see `structured_outputs_params`)
     response_format: ResponseFormat | None = None
@@ -198,7 +200,6 @@ class SamplingFields(RequestBody):
     spaces_between_special_tokens: Annotated[bool, NotSupported()] = True
     allowed_token_ids: Unsupported = None
     bad_words: Annotated[Any, NotSupported(accepted=([],))] = None
-    prompt_logprobs: Unsupported = None
     logits_processors: Unsupported = None
     cache_salt: Unsupported = None
     kv_transfer_params: Unsupported = None
@@ -224,6 +225,9 @@ class SamplingFields(RequestBody):
         if self.best_of is not None and self.best_of > self.n and self.stream:
             raise PydanticCustomError("best_of", "{param}: `best_of` above `n` cannot be "
                                       "streamed", {"param": "best_of"})
+        if self.prompt_logprobs is not None and self.stream:
+            raise PydanticCustomError("prompt_logprobs", "{param}: `prompt_logprobs` are not "
+                                      "available when `stream=True`", {"param": "prompt_logprobs"})
         return self
 
     def structured_outputs_params(self) -> tuple[StructuredOutputsParams | None, str | None]:
@@ -267,7 +271,8 @@ class SamplingFields(RequestBody):
             seed=self.seed, stop=self.stop, stop_token_ids=self.stop_token_ids,
             include_stop_str_in_output=self.include_stop_str_in_output,
             ignore_eos=self.ignore_eos, max_tokens=max_tokens, min_tokens=self.min_tokens,
-            logprobs=logprobs, logit_bias=bias, truncate_prompt_tokens=self.truncate_prompt_tokens,
+            logprobs=logprobs, prompt_logprobs=self.prompt_logprobs, logit_bias=bias,
+            truncate_prompt_tokens=self.truncate_prompt_tokens,
             skip_special_tokens=self.skip_special_tokens, structured_outputs=structured_outputs)
 
 
@@ -307,12 +312,24 @@ class CompletionLogProbs(BaseModel):
     top_logprobs: list[dict[str, float] | None] = []
 
 
+class PromptLogprob(BaseModel):
+    logprob: float
+    rank: int  # 1: the most likely token
+    decoded_token: str
+
+
+# vLLM's shape: per prompt token, {token id: its logprob} (the token's own and the top k), the
+# first token's null (nothing comes before it)
+PromptLogprobs = list[dict[str, PromptLogprob] | None]
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
     logprobs: CompletionLogProbs | None = None
     finish_reason: str | None = None  # "stop" or "length"
     stop_reason: int | str | None = None  # vLLM: the stop string or token id that ended it
+    prompt_logprobs: PromptLogprobs | None = Field(None, exclude_if=is_none)
 
 
 class PromptTokensDetails(BaseModel):
@@ -548,6 +565,7 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[ChatCompletionChoice]
     usage: UsageInfo
+    prompt_logprobs: PromptLogprobs | None = Field(None, exclude_if=is_none)  # as vLLM: here
 
 
 class ChatStreamChoice(BaseModel):

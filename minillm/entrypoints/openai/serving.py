@@ -31,8 +31,9 @@ from pydantic import BaseModel
 from minillm.engine.async_engine import AsyncEngine, RequestAborted, RequestStream
 from minillm.entrypoints.openai.errors import OpenAIError, error_body
 from minillm.entrypoints.openai.metrics import ServerMetrics
-from minillm.entrypoints.openai.protocol import PromptTokensDetails, UsageInfo
-from minillm.outputs import CompletionOutput, RequestOutput
+from minillm.entrypoints.openai.protocol import (PromptLogprob, PromptLogprobs,
+                                                 PromptTokensDetails, UsageInfo)
+from minillm.outputs import CompletionOutput, Logprob, RequestOutput
 from minillm.sampling_params import SamplingParams
 
 logger = logging.getLogger("minillm.server")
@@ -295,6 +296,27 @@ def usage(outputs: list[RequestOutput]) -> UsageInfo:
     return UsageInfo(prompt_tokens=prompt, completion_tokens=completion,
                      total_tokens=prompt + completion,
                      prompt_tokens_details=PromptTokensDetails(cached_tokens=cached))
+
+
+def prompt_entries(output: RequestOutput, k: int | None) -> list[dict[int, Logprob] | None]:
+    """The prompt's logprobs, each position cut to its `k` likeliest tokens and the prompt token's
+    own (the engine may hold more: `echo` and `prompt_logprobs` can ask for different k); [] when
+    none were asked."""
+    if k is None or output.prompt_logprobs is None:
+        return []
+    return [None if entry is None else
+            {t: e for t, e in entry.items() if e.rank <= k or t == token_id}
+            for entry, token_id in zip(output.prompt_logprobs, output.prompt_token_ids)]
+
+
+def prompt_logprobs(output: RequestOutput, k: int | None) -> PromptLogprobs | None:
+    """`prompt_logprobs` as vLLM answers it (token ids as keys), or None when not asked."""
+    if k is None:
+        return None
+    return [None if entry is None else
+            {str(t): PromptLogprob(logprob=e.logprob, rank=e.rank, decoded_token=e.decoded_token)
+             for t, e in entry.items()}
+            for entry in prompt_entries(output, k)]
 
 
 def sse(body: BaseModel) -> str:

@@ -22,8 +22,9 @@ from minillm.entrypoints.openai.protocol import (AssistantMessage, ChatCompletio
                                                  ChatCompletionResponse, ChatLogprob,
                                                  ChatLogprobs, ChatMessage, ChatStreamChoice,
                                                  DeltaMessage, NamedToolChoice, TopLogprob)
-from minillm.entrypoints.openai.serving import (SSE_DONE, DeltaTracker, OpenAIServing, merge, sse,
-                                                stream_error, token_name, usage)
+from minillm.entrypoints.openai.serving import (SSE_DONE, DeltaTracker, OpenAIServing, merge,
+                                                prompt_logprobs, sse, stream_error, token_name,
+                                                usage)
 from minillm.entrypoints.openai.tool_parsers import (READERS, ToolCallStream, named_reader,
                                                      required_reader)
 from minillm.outputs import CompletionOutput
@@ -117,7 +118,9 @@ class OpenAIServingChat(OpenAIServing):
                 index=c.index, message=message, logprobs=_logprobs(request, c, 0),
                 finish_reason=finish_reason, stop_reason=c.stop_reason))
         return ChatCompletionResponse(id=request_id, model=model, choices=choices,
-                                      usage=usage([output]))
+                                      usage=usage([output]),
+                                      prompt_logprobs=prompt_logprobs(output,
+                                                                      request.prompt_logprobs))
 
     async def _stream(self, request: ChatCompletionRequest, streams: list[RequestStream],
                       request_id: str, model: str):

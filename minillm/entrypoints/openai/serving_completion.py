@@ -5,7 +5,8 @@ request, and its `n` samples are choices `i * n .. i * n + n - 1` of the respons
 
 `echo` with `logprobs` returns the prompt's own logprobs in front of the completion's (the
 engine's `prompt_logprobs`; the first prompt token has none: null). This is how lm-eval scores
-multiple-choice benchmarks. `max_tokens: 0` with `echo` returns the prompt alone, as vLLM does:
+multiple-choice benchmarks. vLLM's `prompt_logprobs: k` returns them in its own shape too, in
+each choice. `max_tokens: 0` with `echo` returns the prompt alone, as vLLM does:
 the engine runs one token, which the response leaves out.
 """
 from __future__ import annotations
@@ -20,7 +21,8 @@ from minillm.engine.async_engine import RequestStream
 from minillm.entrypoints.openai.errors import OpenAIError
 from minillm.entrypoints.openai.protocol import (CompletionChoice, CompletionLogProbs,
                                                  CompletionRequest, CompletionResponse)
-from minillm.entrypoints.openai.serving import (SSE_DONE, DeltaTracker, OpenAIServing, merge, sse,
+from minillm.entrypoints.openai.serving import (SSE_DONE, DeltaTracker, OpenAIServing, merge,
+                                                prompt_entries, prompt_logprobs, sse,
                                                 stream_error, token_name, usage)
 from minillm.outputs import CompletionOutput, Logprob, RequestOutput
 
@@ -51,12 +53,13 @@ class OpenAIServingCompletion(OpenAIServing):
         return await self._full(request, raw, streams, request_id, model)
 
     def _sampling_params(self, request: CompletionRequest, num_prompt_tokens: int):
-        """The engine's settings; echo with logprobs also asks for the prompt's logprobs."""
+        """The engine's settings; echo with logprobs also asks for the prompt's logprobs (the
+        more of `logprobs` and `prompt_logprobs`: each is cut to its own k in the response)."""
         asked = 1 if request.max_tokens == 0 else request.max_tokens  # 0: echo alone
         max_tokens = self.max_tokens(asked, num_prompt_tokens)
         params = self.sampling_params(request, max_tokens, request.logprobs)
         if request.echo and request.logprobs is not None:
-            params.prompt_logprobs = request.logprobs
+            params.prompt_logprobs = max(request.logprobs, request.prompt_logprobs or 0)
         return params
 
     async def _prompt(self, prompt: str | list[int], request: CompletionRequest) -> dict:
@@ -132,11 +135,12 @@ def _choice(request: CompletionRequest, output: RequestOutput, c: CompletionOutp
     if request.echo and first_token == 0:
         text, offset = output.prompt + text, 0
         token_ids = output.prompt_token_ids + token_ids
-        entries = (output.prompt_logprobs or []) + entries
+        entries = prompt_entries(output, request.logprobs) + entries
     logprobs = (_logprobs(token_ids, entries, offset, decode, request.return_tokens_as_token_ids)
                 if request.logprobs is not None else None)
     return CompletionChoice(index=index, text=text, logprobs=logprobs,
-                            finish_reason=c.finish_reason, stop_reason=c.stop_reason)
+                            finish_reason=c.finish_reason, stop_reason=c.stop_reason,
+                            prompt_logprobs=prompt_logprobs(output, request.prompt_logprobs))
 
 
 def _logprobs(token_ids: list[int], entries: list[dict[int, Logprob] | None], text_offset: int,
