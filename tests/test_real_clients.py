@@ -68,6 +68,23 @@ def kv_cache_empty_after(server):
 
 
 # -- the openai SDK ---------------------------------------------------------------------------
+def test_logit_bias_through_the_sdk(client):
+    """+100 on a token at temperature 0 makes it every token; -100 on the greedy first token
+    removes it. Tokens come back as "token_id:N" (vLLM's return_tokens_as_token_ids)."""
+    extra = {"return_tokens_as_token_ids": True, "ignore_eos": True}
+    kwargs = dict(model="tiny", prompt="The quick brown fox", max_tokens=4, temperature=0,
+                  logprobs=0, extra_body=extra)
+    greedy = client.completions.create(**kwargs).choices[0].logprobs.tokens
+    forced = client.completions.create(**kwargs, logit_bias={"42": 100})
+    assert forced.choices[0].logprobs.tokens == ["token_id:42"] * 4, forced
+    banned = client.completions.create(**kwargs, logit_bias={greedy[0].split(":")[1]: -100})
+    assert banned.choices[0].logprobs.tokens[0] != greedy[0], (greedy, banned)
+    chat = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=3,
+                                          temperature=0, logprobs=True, logit_bias={"42": 100},
+                                          extra_body=extra)
+    assert [t.token for t in chat.choices[0].logprobs.content] == ["token_id:42"] * 3, chat
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_parse_with_a_pydantic_model_returns_a_valid_object(client, seed):
     out = client.chat.completions.parse(model="tiny", messages=MESSAGES, response_format=Person,
