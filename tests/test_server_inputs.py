@@ -319,6 +319,30 @@ def test_api_key_sources_in_order(monkeypatch, flag, environment, expected):
         monkeypatch.setenv(name, value)
     assert api_key(argparse.Namespace(api_key=flag)) == expected, f"--api-key {flag}, {environment}"
 
+
+def test_limit_concurrency_answers_503_beyond_it(llama_checkpoint):
+    """uvicorn counts open connections and requests in flight: with `--limit-concurrency 3` and
+    two streams open, a third client's request is the third connection and gets uvicorn's 503."""
+    limited = ServerProcess(llama_checkpoint, "--max-model-len", "512", "--limit-concurrency", "3")
+    url, body = f"{limited.url}/v1/completions", {"prompt": "a", "max_tokens": 500,
+                                                   "ignore_eos": True, "stream": True}
+    try:
+        with httpx.Client(timeout=60) as one, httpx.Client(timeout=60) as two, \
+                one.stream("POST", url, json=body) as first, \
+                two.stream("POST", url, json=body) as second:
+            assert first.status_code == second.status_code == 200
+            third = httpx.post(url, json={"prompt": "a", "max_tokens": 1}, timeout=30)
+            assert third.status_code == 503, f"a third connection: {third.status_code} {third.text}"
+        # the two streams closed (their clients hung up): the server takes requests again
+        deadline = time.monotonic() + 10
+        while (answer := httpx.post(url, json={"prompt": "a", "max_tokens": 1}, timeout=30)
+               ).status_code == 503 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert answer.status_code == 200, answer.text
+        assert limited.wait_idle()["vllm:kv_cache_usage_perc"] == 0
+    finally:
+        limited.stop()
+
 def test_headers_sent_too_slowly_close_the_connection(server):
     started = time.monotonic()
     received = raw_request(server, "POST /v1/completions HTTP/1.1\r\nHost: x\r\n", wait=10)
