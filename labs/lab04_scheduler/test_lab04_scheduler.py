@@ -509,18 +509,25 @@ def test_a_step_that_preempts_admits_nobody(Scheduler):
         f"{plan(out)}; {queues(sched)}"
 
 
-@pytest.mark.task4_5
-def test_swapped_sequences_come_back_before_new_ones(Scheduler):
+def b_swapped_out_and_a_finished(Scheduler):
+    """A and B hold all 4 blocks; A's decode needs one more, so B is swapped out (step 1); then A
+    finishes: 4 blocks free, B waiting on the CPU to come back."""
     sched = make(Scheduler, num_blocks=4, mode="swap", num_cpu_blocks=8)
     a = put_running(sched, new_seq("A", 8, 0.0), 8)
     b = put_running(sched, new_seq("B", 8, 1.0), 8)
-    out1 = sched.schedule()  # A's decode needs a block: B swaps out
+    out1 = sched.schedule()
     assert plan(out1) == ["A:1"] and sched.swapped == [b], \
         f"step 1: A, B hold all 4 blocks, A needs one more: B swapped out, A runs. Got " \
         f"{plan(out1)}; {queues(sched)}"
     assert out1.moves.swap_out, "the step's swaps go to the runner: out.moves = take_moves()"
     sched.update_from_output(out1, [TOKEN])
     sched.finish(a, "stop")
+    return sched, b
+
+
+@pytest.mark.task4_5
+def test_swapped_sequences_come_back_before_new_ones(Scheduler):
+    sched, b = b_swapped_out_and_a_finished(Scheduler)
     waiting(sched, ("W", 12, 2.0))
     out2 = sched.schedule()
     assert sched.running == [b] and plan(out2) == [] and out2.moves.swap_in, \
@@ -529,16 +536,9 @@ def test_swapped_sequences_come_back_before_new_ones(Scheduler):
         f"{out2.moves}; {queues(sched)}"
 
 
-
 @pytest.mark.task4_5
 def test_new_ones_come_in_beside_a_sequence_swapped_back(Scheduler):
-    sched = make(Scheduler, num_blocks=4, mode="swap", num_cpu_blocks=8)
-    a = put_running(sched, new_seq("A", 8, 0.0), 8)
-    b = put_running(sched, new_seq("B", 8, 1.0), 8)
-    out1 = sched.schedule()  # A's decode needs a block: B swaps out
-    assert sched.swapped == [b], f"step 1: B should be swapped out; {queues(sched)}"
-    sched.update_from_output(out1, [TOKEN])
-    sched.finish(a, "stop")
+    sched, b = b_swapped_out_and_a_finished(Scheduler)
     waiting(sched, ("W", 4, 2.0))
     out2 = sched.schedule()
     assert b in sched.running and plan(out2) == ["W:4"], \
