@@ -57,6 +57,25 @@ def test_half_precision_dtypes_load_and_run(llama_checkpoint):
         torch.testing.assert_close(got, want, atol=0.05, rtol=0.05)
 
 
+def test_converting_the_model_keeps_its_rotary_frequencies_exact(checkpoint):
+    """`.to(bfloat16)` converts weights, not the rotation frequencies: a float32 model taken
+    through bfloat16 and back computes what the same round trip of its weights alone gives."""
+    model = load_model(checkpoint, dtype="float32")
+    frequencies = model.model.rotary_emb.inv_freq.clone()
+    model.to(torch.bfloat16)
+    assert model.model.rotary_emb.inv_freq.dtype == torch.float32
+    model.to(torch.float32)
+    assert torch.equal(model.model.rotary_emb.inv_freq, frequencies)
+    weights_only = load_model(checkpoint, dtype="float32")
+    weights_only.load_state_dict({name: tensor.bfloat16().float()
+                                  for name, tensor in weights_only.state_dict().items()})
+    ids = random_prompt(12, 8, model.config.vocab_size)
+    with torch.inference_mode():
+        got, want = (m.compute_logits(m(torch.tensor(ids), torch.arange(12),
+                                        ContiguousKVCache(m, 12))) for m in (model, weights_only))
+    assert torch.equal(got, want), (got - want).abs().max()
+
+
 def test_sampling_is_reproducible_with_a_seed(llama_checkpoint):
     model = load_model(llama_checkpoint)
     ids = random_prompt(5, 3, model.config.vocab_size)
@@ -184,7 +203,9 @@ def logits_of(model, ids: list[int]) -> torch.Tensor:
 def test_packed_model_keeps_every_tensor_in_state_dict_and_through_to(checkpoint, dtype):
     """Packed weights are buffers: the state_dict holds as many tensors as the unpacked model's,
     each linear layer's `weight` as `packed_weight` (a oneDNN tensor whose `to_dense()` is the
-    weight), and `.to()` converts them (to every other dtype the probe accepts, and back)."""
+    weight), and `.to()` converts them, to every other dtype the probe accepts and back, as it
+    converts an unpacked model (float32 to bfloat16 rounds: the round trip is compared with the
+    same round trip unpacked)."""
     if packing_refused(getattr(torch, dtype)) is not None:
         pytest.skip(f"the probe refuses {dtype} on this CPU: {packing_refused(getattr(torch, dtype))}")
     model = load_model(checkpoint, dtype=dtype)
@@ -204,12 +225,15 @@ def test_packed_model_keeps_every_tensor_in_state_dict_and_through_to(checkpoint
         if other == dtype or packing_refused(getattr(torch, other)) is not None:
             continue
         converted = dense_state(model.to(getattr(torch, other)))
-        loaded = load_model(checkpoint, dtype=other).state_dict()
+        loaded = load_model(checkpoint, dtype=dtype).to(getattr(torch, other)).state_dict()
         assert converted.keys() == loaded.keys()
         for name, tensor in converted.items():
-            assert torch.equal(tensor, loaded[name].to(getattr(torch, other))), (other, name)
+            assert torch.equal(tensor, loaded[name]), (other, name)
         assert count_layers(model) == (7 * model.config.num_layers + 1, 0)
         model.to(getattr(torch, dtype))
+        round_trip = load_model(checkpoint, dtype=dtype).to(getattr(torch, other))
+        round_trip.to(getattr(torch, dtype))
+        logits = logits_of(pack_linear_layers(round_trip), ids)
     assert torch.equal(logits_of(model, ids), logits)  # back where it started
 
 

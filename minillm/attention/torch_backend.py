@@ -11,10 +11,11 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
              slot_mapping: torch.Tensor) -> None:
     """Write each new token's K/V into its slot; a slot of -1 means "don't store"."""
     keep = slot_mapping >= 0
-    slots = slot_mapping[keep]
+    if not keep.all():  # the engine stores every token: only then pay for the selection
+        k, v, slot_mapping = k[keep], v[keep], slot_mapping[keep]
     num_blocks, block_size = k_cache.shape[:2]
-    k_cache.view(num_blocks * block_size, *k_cache.shape[2:])[slots] = k[keep]
-    v_cache.view(num_blocks * block_size, *v_cache.shape[2:])[slots] = v[keep]
+    k_cache.view(num_blocks * block_size, *k_cache.shape[2:]).index_copy_(0, slot_mapping, k)
+    v_cache.view(num_blocks * block_size, *v_cache.shape[2:]).index_copy_(0, slot_mapping, v)
 
 
 def gather_context(cache: torch.Tensor, block_table: torch.Tensor, seq_len: int) -> torch.Tensor:
@@ -79,6 +80,8 @@ class TorchAttentionBackend(AttentionBackend):
 
     def forward(self, q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale: float):
         store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+        if meta.is_decode_only:  # every row is a decode: no rows to pick out and put back
+            return self.decode(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, scale)
         out = torch.empty_like(q)
         rows, block_tables, seq_lens = meta.decodes
         if len(rows):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minillm.model.config import ModelConfig
-from minillm.model.rope import RotaryEmbedding
+from minillm.model.rope import RotaryEmbedding, apply_rotary
 
 
 class KVCache(Protocol):
@@ -51,13 +51,13 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
 
-    def forward(self, x, positions, rope: RotaryEmbedding, kv: KVCache):
+    def forward(self, x, cos_sin: tuple[torch.Tensor, torch.Tensor], kv: KVCache):
         q = self.q_proj(x).view(-1, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(-1, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(-1, self.num_kv_heads, self.head_dim)
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = rope(positions, q, k)
+        q, k = apply_rotary(q, k, *cos_sin)
         out = kv.attend(self.layer, q, k, v, self.scale)
         return self.o_proj(out.flatten(1))
 
@@ -83,8 +83,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, positions, rope, kv):
-        x = x + self.self_attn(self.input_layernorm(x), positions, rope, kv)
+    def forward(self, x, cos_sin, kv):
+        x = x + self.self_attn(self.input_layernorm(x), cos_sin, kv)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -98,8 +98,9 @@ class Decoder(nn.Module):
 
     def forward(self, input_ids, positions, kv):
         x = self.embed_tokens(input_ids)
+        cos_sin = self.rotary_emb(positions, x.dtype)  # the same angles in every layer
         for layer in self.layers:
-            x = layer(x, positions, self.rotary_emb, kv)
+            x = layer(x, cos_sin, kv)
         return self.norm(x)
 
 

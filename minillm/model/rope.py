@@ -38,14 +38,27 @@ class RotaryEmbedding(torch.nn.Module):
 
     def __init__(self, head_dim: int, rope: dict):
         super().__init__()
+        self.head_dim, self.rope = head_dim, rope
         self.register_buffer("inv_freq", inverse_frequencies(head_dim, rope), persistent=False)
 
-    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
-        """positions [T]; q [T, Hq, D]; k [T, Hkv, D]."""
+    def _apply(self, fn, recurse=True):
+        # `.to(torch.bfloat16)` would round the frequencies, and every angle with them (a round
+        # trip through bfloat16 would not give them back): they move, but stay float32.
+        super()._apply(fn, recurse)
+        self.inv_freq = inverse_frequencies(self.head_dim, self.rope).to(self.inv_freq.device)
+        return self
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype):
+        """The cos and sin of every token's angles, [T, 1, D] each: computed once per forward
+        pass and shared by every layer (see `apply_rotary`)."""
         freqs = positions.float()[:, None] * self.inv_freq[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = emb.cos()[:, None, :].to(q.dtype), emb.sin()[:, None, :].to(q.dtype)
-        return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        return emb.cos()[:, None, :].to(dtype), emb.sin()[:, None, :].to(dtype)
+
+
+def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    """q [T, Hq, D] and k [T, Hkv, D], rotated by the angles whose cos and sin are given."""
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
