@@ -1,5 +1,6 @@
 """minillm's model against `transformers` on random-weight checkpoints of every architecture."""
 import json
+import math
 
 import pytest
 import torch
@@ -269,3 +270,45 @@ def test_packed_linear_pads_rows_and_returns_only_the_real_ones(shape, monkeypat
     torch.testing.assert_close(out.double(), expected, atol=1e-4, rtol=0)
     rows = x.numel() // 48
     assert seen == [padded_rows(rows)], (rows, seen)
+
+
+@torch.inference_mode()
+def test_packed_linear_runs_fewer_rows_than_plain_below_unpacked(monkeypatch):
+    """Below `plain_below` rows the product is F.linear's on the plain copy (exactly, and oneDNN
+    is not called); from it on, oneDNN's. The copy is not in the state_dict."""
+    if packing_refused(torch.float32) is not None:
+        pytest.skip(packing_refused(torch.float32))
+    gen = torch.Generator().manual_seed(5)
+    weight, bias = torch.randn(40, 48, generator=gen), torch.randn(40, generator=gen)
+    seen, onednn_linear = [], packed_linear.onednn_linear
+    monkeypatch.setattr(packed_linear, "onednn_linear",
+                        lambda x, *args: seen.append(x.shape[0]) or onednn_linear(x, *args))
+    layer = PackedLinear(weight, bias, plain_below=4)
+    assert set(layer.state_dict()) == {"packed_weight", "bias"}
+    for rows in (1, 3, 4, 9):
+        x = torch.randn(rows, 48, generator=gen)
+        out = layer(x)
+        if rows < 4:
+            assert torch.equal(out, torch.nn.functional.linear(x, weight, bias)), rows
+        else:
+            torch.testing.assert_close(out, torch.nn.functional.linear(x, weight, bias))
+        assert seen == ([] if rows < 4 else [rows]), (rows, seen)
+        seen.clear()
+
+
+@pytest.mark.parametrize("plain, packed, expected", [
+    ((1, 1, 1, 1, 1), (9, 9, 9, 9, 9), math.inf),  # F.linear clearly faster at every row count
+    ((1, 1, 9, 9, 9), (9, 9, 9, 9, 9), 16),        # ... up to 16 rows
+    ((9, 1, 1, 1, 1), (9, 9, 9, 9, 9), 0),          # packed from the first row: no plain copy
+    ((7.5, 1, 1, 1, 1), (9, 9, 9, 9, 9), 0),        # within the margin is not "clearly"
+])
+def test_plain_below_is_the_first_timed_row_count_where_packing_keeps_up(plain, packed, expected,
+                                                                         monkeypatch):
+    """The timing's verdict per ROW_GRID entry (F.linear's time, then the packed layer's)."""
+    times = iter(t for pair in zip(plain, packed) for t in pair)
+    monkeypatch.setattr(packed_linear, "median_seconds", lambda run: next(times))
+    packed_linear.plain_below.cache_clear()
+    try:
+        assert packed_linear.plain_below(40, 48, False, torch.float32) == expected
+    finally:
+        packed_linear.plain_below.cache_clear()  # the real timing for the rest of the run

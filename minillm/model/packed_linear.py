@@ -22,12 +22,21 @@ them with a few hundred kilobytes per new row count, RSS growing by 150 MiB over
 the kernel's preparation on each new one. So the rows are padded up to a bucket (`padded_rows`:
 exact up to 16, then 8 buckets per doubling, at most 12.5 % of padding): fewer than 80 shapes
 in all, prepared once.
+
+A packed call has a fixed cost too (tens of microseconds here), which a small layer with a few
+rows - a decode step of one request, of a small model - never earns back: plain `F.linear` is
+several times faster there. So `pack_linear_layers` times both on each layer shape, once per
+process, at 1, 4, 16, 64 and 256 rows, and a layer keeps its plain weight as well (for its
+small products) where `F.linear` is clearly faster below some row count. Only small layers do:
+the large ones, where packing pays from the first row, hold one copy.
 """
 from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
+import time
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +49,8 @@ PACKABLE_DTYPES = (torch.float32, torch.bfloat16)  # the dtypes worth probing
 # summation order; a bfloat16 output is rounded to 8 bits of mantissa.
 PROBE_TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 DISABLE_VARIABLE = "MINILLM_DISABLE_PACKING"
+ROW_GRID = (1, 4, 16, 64, 256)  # the row counts at which plain and packed products are timed
+PLAIN_MARGIN = 0.8  # F.linear is used below a row count only where it takes < 80 % of the time
 
 
 class PackedLinear(nn.Module):
@@ -48,21 +59,28 @@ class PackedLinear(nn.Module):
     The packed weight is a buffer, so `state_dict()` holds it (as `packed_weight`, an opaque
     oneDNN tensor: `.to_dense()` gives back the original weight) and `.to()` converts it."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, plain_below: float = 0):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.register_buffer("packed_weight", pack(weight.detach()))
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+        # Fewer rows than `plain_below` go through F.linear on this copy (not in the state_dict:
+        # `packed_weight` already holds the weight).
+        self.plain_below = plain_below
+        self.register_buffer("plain_weight", weight.detach() if plain_below else None,
+                             persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
+        if rows < self.plain_below:
+            return F.linear(x, self.plain_weight, self.bias)
         padded = F.pad(x.reshape(rows, self.in_features), (0, 0, 0, padded_rows(rows) - rows))
         out = onednn_linear(padded, self.packed_weight, self.bias)
         return out[:rows].reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}")
+                f"bias={self.bias is not None}, plain_below={self.plain_below}")
 
     def _apply(self, fn, recurse=True):
         # `.to()`, `.float()`, ... run `fn` on every tensor, and oneDNN's layout can be neither
@@ -128,9 +146,40 @@ def packing_refused(dtype: torch.dtype) -> str | None:
 @torch.no_grad()
 def pack_linear_layers(model: nn.Module) -> nn.Module:
     """Replace every `nn.Linear` of the model by a `PackedLinear`, in place (a tied `lm_head`
-    gets its own packed copy; the embedding keeps the original). Call it where `can_pack`."""
+    gets its own packed copy; the embedding keeps the original), each with the row count below
+    which its shape runs faster unpacked (`plain_below`). Call it where `can_pack`."""
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
-                setattr(parent, name, PackedLinear(child.weight, child.bias))
+                below = plain_below(*child.weight.shape, child.bias is not None, child.weight.dtype)
+                setattr(parent, name, PackedLinear(child.weight, child.bias, below))
     return model
+
+
+@functools.cache
+@torch.no_grad()
+def plain_below(out_features: int, in_features: int, bias: bool, dtype: torch.dtype) -> float:
+    """The smallest row count of `ROW_GRID` from which the packed product is (nearly) as fast as
+    F.linear for this layer shape: 0 where it is from the first row, `inf` where F.linear is
+    clearly faster at every one. Timed once per shape and process, on random weights, so every
+    engine of a process routes a shape alike."""
+    gen = torch.Generator().manual_seed(0)  # not the global one: a seeded run stays as it was
+    weight = torch.randn(out_features, in_features, generator=gen).to(dtype)
+    bias_ = torch.zeros(out_features, dtype=dtype) if bias else None
+    packed = PackedLinear(weight, bias_)
+    for rows in ROW_GRID:
+        x = torch.randn(rows, in_features, generator=gen).to(dtype)
+        if median_seconds(lambda: F.linear(x, weight, bias_)) >= PLAIN_MARGIN * median_seconds(
+                lambda: packed(x)):
+            return rows if rows > ROW_GRID[0] else 0
+    return math.inf
+
+
+def median_seconds(run, repeats: int = 5) -> float:
+    run()  # the first call prepares oneDNN's kernel for the shape
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[repeats // 2]
