@@ -108,6 +108,23 @@ def test_a_failing_engine_is_reported_not_fatal(monkeypatch):
     assert spec_model["minillm"] == str(peers.bundled_model())
 
 
+def test_report_divides_minillms_faster_setting_of_each_class_by_each_peer(capsys):
+    """The ratio column: minillm's best median in the precision class (here bf16 over fp32) over
+    the peer's median; minillm's own rows get none."""
+    speeds = {"minillm fp32": [100.0], "minillm bf16": [150.0, 140.0, 160.0],
+              "minillm int8": [80.0], "llama.cpp f16": [50.0], "llama.cpp q8_0": [40.0],
+              "ctranslate2 fp32": [300.0]}
+    result = dict(workload="tiny-16", speeds=speeds, errors={}, load_before=(0.5,),
+                  load_after=(0.7,))
+    info = dict(cpu="test CPU", cores=2, isa=["avx2"], load=(0.5,))
+    peers.report([result], info, smoke_args(rounds=3))
+    rows = {line.split(" | ")[1]: line.split(" | ")[-1].rstrip(" |")
+            for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny-16")}
+    assert rows["llama.cpp f16"] == "3.00" and rows["llama.cpp q8_0"] == "2.00", rows
+    assert rows["ctranslate2 fp32"] == "0.50", rows
+    assert {rows[e] for e in ("minillm fp32", "minillm bf16", "minillm int8")} == {"-"}, rows
+
+
 def test_worker_checks_every_request_got_its_tokens():
     def short_by_one(prompts, lens):
         return [n - 1 for n in lens]
