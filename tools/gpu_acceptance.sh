@@ -3,6 +3,7 @@
 #
 #   tools/gpu_acceptance.sh             set up, run every step, print one summary
 #   tools/gpu_acceptance.sh --dry-run   list the steps and their commands; run nothing
+#   ONLY="setup checkpoint throughput" tools/gpu_acceptance.sh   run only the steps named
 #   tools/gpu_acceptance.sh --fetch-wheels
 #       (on a machine with PyPI, before going to a GPU machine without it) download as Python
 #       3.12 wheels, into .whl/, the packages a GPU image with torch, Triton and transformers
@@ -40,7 +41,7 @@ STEPS=(
   "environment|20|nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader && \$PY -c 'import torch, triton; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"triton\", triton.__version__, torch.cuda.get_device_name())'"
   "cuda-tests|180|\$PY -m pytest tests/test_cuda.py tests/test_kernels.py tests/test_kernels_e2e.py -m 'cuda or kernels' -q -p no:cacheprovider"
   "paged-decode|60|\$PY tools/bench_paged_decode.py --batch 1,64 --context 1024,4096 && \$PY tools/bench_paged_decode.py --dtype bf16 --batch 64 --context 4096 --skip-torch"
-  "checkpoint|45|\$PY -c 'from minillm.bench.peers import shaped_checkpoint; print(shaped_checkpoint(\"qwen2.5-0.5b\", \"$CHECKPOINT\"))'"
+  "checkpoint|90|\$PY -c 'from minillm.bench.peers import shaped_checkpoint; print(shaped_checkpoint(\"qwen2.5-0.5b\", \"$CHECKPOINT\"))'"
   "throughput|60|\$VENV/bin/minillm bench throughput --model $CHECKPOINT --dtype float32 --num-requests 256 --min-len 16 --max-len 64 --hf-sequential-requests 1 --hf-static-requests 4 --hf-batch-size 4 --output-json \$RESULTS/throughput.json"
   "serve|60|\$VENV/bin/minillm bench serve --model $CHECKPOINT --dtype bfloat16 --num-prompts 256 --random-input-len 128 --random-output-len 128 --max-concurrency 64 --save-result --result-dir \$RESULTS --result-filename serve.json"
 )
@@ -145,6 +146,7 @@ unset TRITON_INTERPRET
 ROWS=() FAILED=0
 for step in "${STEPS[@]}"; do
   IFS='|' read -r name limit command <<<"$step"
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then continue; fi
   echo "=== $name (limit ${limit}s): $command" | tee -a "$LOG"
   start=$SECONDS
   timeout "$limit" bash -c "$command" 2>&1 | tee -a "$LOG"
