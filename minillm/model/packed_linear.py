@@ -148,11 +148,17 @@ def pack_linear_layers(model: nn.Module) -> nn.Module:
     """Replace every `nn.Linear` of the model by a `PackedLinear`, in place (a tied `lm_head`
     gets its own packed copy; the embedding keeps the original), each with the row count below
     which its shape runs faster unpacked (`plain_below`). Call it where `can_pack`."""
+    routes = []
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
                 below = plain_below(*child.weight.shape, child.bias is not None, child.weight.dtype)
                 setattr(parent, name, PackedLinear(child.weight, child.bias, below))
+                routes.append(below)
+    unpacked = [f"{routes.count(b)} below {b} rows" if b < math.inf else
+                f"{routes.count(b)} at every row count" for b in sorted(set(routes)) if b]
+    logger.info("linear layers: %d oneDNN-packed; F.linear where measured faster: %s",
+                len(routes), ", ".join(unpacked) or "none")
     return model
 
 
