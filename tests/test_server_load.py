@@ -147,7 +147,7 @@ def test_queue_counts_sequences(llama_checkpoint):
     server = ServerProcess(llama_checkpoint, "--served-model-name", "tiny",
                            "--max-num-seqs", "1", "--max-waiting-requests", "4")
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="-", max_retries=0)
-    long = dict(model="tiny", prompt="a", max_tokens=400, stream=True,
+    long = dict(model="tiny", prompt="a", max_tokens=500, stream=True,
                 extra_body={"ignore_eos": True})
     try:
         with pytest.raises(openai.BadRequestError) as e:  # 4 prompts x n=2: can never queue
