@@ -531,3 +531,24 @@ def test_loading_the_kernel_keeps_subnormal_floats():
     cpu_backend.load_kernel(64, 16, torch.float32)
     tiny = torch.tensor([1e-38], dtype=torch.float32)
     assert (tiny / 1000).item() > 0, "subnormal results flushed to zero after loading the kernel"
+
+
+@pytest.mark.parametrize("skip_share", [0.0, 0.25], ids=["every-slot", "some-minus-one"])
+def test_torch_store_kv_writes_each_slot_and_skips_minus_one(skip_share):
+    """The torch backend's cache write: each token's K/V in its slot, nothing for a slot of -1
+    (the selection runs only when there is one), every other slot untouched."""
+    from minillm.attention.torch_backend import store_kv
+
+    gen = torch.Generator().manual_seed(int(skip_share * 100))
+    num_blocks, block_size, kv_heads, dim, tokens = 5, 4, 2, 8, 12
+    k_cache, v_cache = (torch.randn(num_blocks, block_size, kv_heads, dim, generator=gen)
+                        for _ in range(2))
+    k, v = (torch.randn(tokens, kv_heads, dim, generator=gen) for _ in range(2))
+    slots = torch.randperm(num_blocks * block_size, generator=gen)[:tokens]
+    skipped = torch.rand(tokens, generator=gen) < skip_share
+    slots[skipped] = -1
+    expected_k, expected_v = (c.view(-1, kv_heads, dim).clone() for c in (k_cache, v_cache))
+    expected_k[slots[~skipped]], expected_v[slots[~skipped]] = k[~skipped], v[~skipped]
+    store_kv(k, v, k_cache, v_cache, slots)
+    assert torch.equal(k_cache.view(-1, kv_heads, dim), expected_k), slots
+    assert torch.equal(v_cache.view(-1, kv_heads, dim), expected_v), slots
